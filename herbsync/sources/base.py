@@ -1,0 +1,154 @@
+"""The ``ImageSource`` interface that every kind of source implements."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from herbsync.digest import normalize_digest
+from herbsync.errors import HerbsyncError
+from herbsync.store import StoredFile, write_verified
+
+
+log = structlog.get_logger("herbsync.sources")
+
+
+class Sink(Protocol):
+    """Where verified bytes go: a ``Store`` or a single file (``FileSink``)."""
+
+    def place(
+        self,
+        digest: str,
+        extension: str,
+        chunks: Iterable[bytes],
+        origin: str,
+        expected_size: int | None = None,
+    ) -> StoredFile:
+        """Write the bytes if they hash to ``digest``, else raise ``DigestMismatch``."""
+        ...
+
+
+class FileSink:
+    """A sink that writes one image to a fixed path, atomically and verified."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def place(
+        self,
+        digest: str,
+        extension: str,
+        chunks: Iterable[bytes],
+        origin: str,
+        expected_size: int | None = None,
+    ) -> StoredFile:
+        size = write_verified(self.path, digest, chunks, origin, None, expected_size)
+        return StoredFile(self.path, digest, extension, size)
+
+
+@dataclass
+class ImageStream:
+    """An open image: its bytes as chunks, plus what the source knows of it."""
+
+    extension: str
+    origin: str
+    chunks: Iterator[bytes]
+    size: int | None = None
+
+    def close(self) -> None:
+        """Release the connection or file handle behind the chunks."""
+        close = getattr(self.chunks, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> ImageStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """The outcome of one successful fetch."""
+
+    stored: StoredFile
+    origin: str
+    seconds: float
+
+
+class ImageSource(ABC):
+    """A place images can be read from by SHA-256 digest.
+
+    The core that subclasses implement is ``open_image`` (raising typed
+    ``SourceError`` subclasses). The boolean methods ``exists`` and
+    ``download_image`` keep the call shapes of the original image-source
+    module: they never raise for a missing or unreachable image, and log why
+    they return False. New code should call ``fetch`` or ``copy_to``, which
+    raise.
+    """
+
+    #: Whether this source is a folder on this host (tried before remote ones).
+    is_local = False
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Return a short description for logs, such as ``s3://bucket/images``."""
+
+    @abstractmethod
+    def open_image(self, digest: str, extension: str | None = None) -> ImageStream:
+        """Open an image for reading; raise ``ObjectNotFound`` if it is absent."""
+
+    @abstractmethod
+    def get_image_path(self, sha256_hash: str) -> str | None:
+        """Return the path or URL of an image, or None if there is none."""
+
+    @abstractmethod
+    def exists(self, sha256_hash: str) -> bool:
+        """Return whether the source holds the image (False on any error, logged)."""
+
+    def copy_to(
+        self,
+        digest: str,
+        sink: Sink,
+        extension: str | None = None,
+        expected_size: int | None = None,
+    ) -> FetchResult:
+        """Copy an image into ``sink``, verified while it streams."""
+        started = time.monotonic()
+        with self.open_image(digest, extension) as image:
+            stored = sink.place(
+                digest, image.extension, image.chunks, image.origin, expected_size
+            )
+        return FetchResult(stored, image.origin, time.monotonic() - started)
+
+    def fetch(self, sha256_hash: str, local_path: str | Path) -> FetchResult:
+        """Download an image to ``local_path``, verified; raise on any failure."""
+        digest = normalize_digest(sha256_hash)
+        return self.copy_to(digest, FileSink(Path(local_path)))
+
+    def download_image(self, sha256_hash: str, local_path: str | Path) -> bool:
+        """Download an image to ``local_path``; return False, logging why, on failure.
+
+        Nothing is written at ``local_path`` unless the bytes hash to
+        ``sha256_hash``.
+        """
+        try:
+            self.fetch(sha256_hash, local_path)
+        except HerbsyncError as error:
+            log.warning(
+                "download.failed",
+                digest=sha256_hash,
+                path=str(local_path),
+                source=self.describe(),
+                error=str(error),
+                kind=type(error).__name__,
+            )
+            return False
+        return True

@@ -1,0 +1,254 @@
+"""A source backed by an S3 bucket (AWS or any S3-compatible endpoint)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import structlog
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from herbsync.digest import (
+    CHUNK_SIZE,
+    DEFAULT_EXTENSION,
+    normalize_digest,
+    relative_path,
+    split_name,
+)
+from herbsync.errors import (
+    AccessDenied,
+    InvalidDigest,
+    ObjectNotFound,
+    SourceError,
+    SourceUnavailable,
+)
+from herbsync.sources.base import ImageSource, ImageStream
+
+
+log = structlog.get_logger("herbsync.sources")
+
+NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "403",
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "AccountProblem",
+    }
+)
+# Everything else a server can answer is treated as transient only when it is
+# a throttle or a 5xx; other 4xx codes are permanent for that object.
+TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "503",
+        "500",
+        "502",
+        "504",
+    }
+)
+
+
+def map_client_error(error: ClientError, location: str) -> SourceError:
+    """Return the herbsync error for a botocore ``ClientError`` on ``location``."""
+    code = str(error.response.get("Error", {}).get("Code", ""))
+    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+
+    if code in NOT_FOUND_CODES:
+        return ObjectNotFound(f"{location} not found")
+    if code == "NoSuchBucket":
+        return SourceError(f"{location}: the bucket does not exist; check [source] bucket")
+    if code in ACCESS_DENIED_CODES:
+        return AccessDenied(
+            f"{location}: access denied ({code}); check the credentials and the bucket policy"
+        )
+    if code in TRANSIENT_CODES or status >= 500:
+        return SourceUnavailable(f"{location}: server answered {code or status}")
+    return SourceError(f"{location}: server answered {code or status}")
+
+
+@contextlib.contextmanager
+def map_errors(location: str) -> Iterator[None]:
+    """Translate botocore exceptions raised inside the block into ``SourceError``."""
+    try:
+        yield
+    except ClientError as error:
+        raise map_client_error(error, location) from error
+    except NoCredentialsError as error:
+        msg = (
+            f"{location}: no AWS credentials found; set them in the environment or "
+            "~/.aws, or set anonymous = true for a public bucket"
+        )
+        raise AccessDenied(msg) from error
+    except BotoCoreError as error:
+        raise SourceUnavailable(f"{location}: {error}") from error
+    except OSError as error:
+        raise SourceUnavailable(f"{location}: {error}") from error
+
+
+class S3ImageSource(ImageSource):
+    """Images in an S3 bucket under ``<prefix>/ab/cd/<digest>.<ext>``.
+
+    The boto3 client is built on first use, through boto3's usual credential
+    chain (environment, shared files, instance roles) unless ``anonymous`` is
+    set, and is shared by all threads.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        region: str = "ca-central-1",
+        prefix: str = "images",
+        endpoint_url: str | None = None,
+        anonymous: bool = False,
+        max_pool_connections: int = 16,
+        client: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.region = region
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.anonymous = anonymous
+        self.max_pool_connections = max_pool_connections
+        self.base_url = (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
+        self.base_url = f"{self.base_url}/{bucket}"
+        self._client = client
+        self._client_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"S3ImageSource(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @property
+    def client(self) -> Any:
+        """The boto3 S3 client, built on first use."""
+        if self._client is None:
+            with self._client_lock:
+                if self._client is None:
+                    self._client = self._build_client()
+        return self._client
+
+    def _build_client(self) -> Any:
+        # Path-style addressing is what S3-compatible servers expect, and it
+        # is the only style that works with dotted bucket names there.
+        config = Config(
+            region_name=self.region,
+            max_pool_connections=self.max_pool_connections,
+            retries={"max_attempts": 4, "mode": "standard"},
+            connect_timeout=10,
+            read_timeout=30,
+            # herbsync hashes every byte with SHA-256 itself, so boto3's own
+            # CRC of each response would only cost CPU.
+            response_checksum_validation="when_required",
+            request_checksum_calculation="when_required",
+            s3={"addressing_style": "path"} if self._custom_endpoint() else {},
+            signature_version=UNSIGNED if self.anonymous else None,
+        )
+        session = boto3.session.Session()
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+
+    def _custom_endpoint(self) -> str | None:
+        """Return the S3-compatible endpoint in use, from the table or boto3's variables."""
+        return (
+            self.endpoint_url
+            or os.environ.get("AWS_ENDPOINT_URL_S3")
+            or os.environ.get("AWS_ENDPOINT_URL")
+        )
+
+    def key_for(self, digest: str, extension: str = DEFAULT_EXTENSION) -> str:
+        """Return the object key of an image."""
+        relative = str(relative_path(digest, extension))
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+    def get_image_path(self, sha256_hash: str) -> str | None:
+        """Return the image's HTTPS URL (not checked for existence), or None."""
+        try:
+            digest = normalize_digest(sha256_hash)
+        except InvalidDigest:
+            return None
+        return f"{self.base_url}/{self.key_for(digest)}"
+
+    def get_s3_uri(self, sha256_hash: str) -> str | None:
+        """Return the image's ``s3://`` URI (not checked for existence), or None."""
+        try:
+            digest = normalize_digest(sha256_hash)
+        except InvalidDigest:
+            return None
+        return f"s3://{self.bucket}/{self.key_for(digest)}"
+
+    def exists(self, sha256_hash: str) -> bool:
+        try:
+            digest = normalize_digest(sha256_hash)
+            self.find_key(digest)
+        except ObjectNotFound:
+            return False
+        except (InvalidDigest, SourceError) as error:
+            log.warning("exists.failed", digest=sha256_hash, source=self.describe(), error=str(error))
+            return False
+        return True
+
+    def find_key(self, digest: str, extension: str | None = None) -> str:
+        """Return the key holding ``digest``, trying the given or default extension first."""
+        key = self.key_for(digest, extension or DEFAULT_EXTENSION)
+        try:
+            with map_errors(f"s3://{self.bucket}/{key}"):
+                self.client.head_object(Bucket=self.bucket, Key=key)
+            return key
+        except ObjectNotFound:
+            return self._list_key(digest)
+
+    def _list_key(self, digest: str) -> str:
+        """Find an image stored under another extension by listing its key prefix."""
+        prefix = self.key_for(digest, "")[:-1] + "."
+        with map_errors(f"s3://{self.bucket}/{prefix}*"):
+            answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=10)
+        keys = sorted(item["Key"] for item in answer.get("Contents", []))
+        if not keys:
+            raise ObjectNotFound(f"s3://{self.bucket}/{prefix}* not found")
+        return str(keys[0])
+
+    def open_image(self, digest: str, extension: str | None = None) -> ImageStream:
+        key = self.key_for(digest, extension or DEFAULT_EXTENSION)
+        try:
+            response = self._get(key)
+        except ObjectNotFound:
+            key = self._list_key(digest)
+            response = self._get(key)
+
+        _, found_extension = split_name(key)
+        location = f"s3://{self.bucket}/{key}"
+        chunks = self._read_body(response["Body"], location)
+        size = response.get("ContentLength")
+        return ImageStream(found_extension or DEFAULT_EXTENSION, location, chunks, size)
+
+    def _get(self, key: str) -> dict[str, Any]:
+        with map_errors(f"s3://{self.bucket}/{key}"):
+            response: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=key)
+        return response
+
+    @staticmethod
+    def _read_body(body: Any, location: str) -> Iterator[bytes]:
+        try:
+            with map_errors(location):
+                while chunk := body.read(CHUNK_SIZE):
+                    yield chunk
+        finally:
+            body.close()

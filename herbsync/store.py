@@ -1,0 +1,237 @@
+"""The local content-addressed store: atomic, verified placement of images.
+
+Every file at a final path ``<root>/ab/cd/<digest>.<ext>`` hashes to its name.
+Bytes are written to a temporary file in ``<root>/.tmp/``, hashed as they pass,
+fsynced, compared with the expected digest and only then renamed into place.
+Files that fail a check are moved to ``<root>/.quarantine/``, never deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from herbsync.digest import (
+    CHUNK_SIZE,
+    DEFAULT_EXTENSION,
+    calculate_sha256,
+    file_path_of,
+    is_digest,
+    split_name,
+)
+from herbsync.errors import DigestMismatch, SizeMismatch, StoreError, StoreFull
+
+
+TEMPORARY_FOLDER = ".tmp"
+QUARANTINE_FOLDER = ".quarantine"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file that was just placed or found in a store."""
+
+    path: Path
+    digest: str
+    extension: str
+    size: int
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _raise_store_error(error: OSError, path: Path) -> None:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        msg = f"no space left on the filesystem of {path}; free space and herbsync resumes"
+        raise StoreFull(msg) from error
+    msg = f"cannot write {path}: {error.strerror or error}"
+    raise StoreError(msg) from error
+
+
+def write_verified(
+    target: Path,
+    digest: str,
+    chunks: Iterable[bytes],
+    origin: str,
+    temporary_folder: Path | None = None,
+    expected_size: int | None = None,
+) -> int:
+    """Write ``chunks`` to ``target`` only if they hash to ``digest``; return the size.
+
+    The bytes go to a temporary file (in ``temporary_folder``, or beside the
+    target under a hidden name), are fsynced, checked, then renamed over
+    ``target``. On any failure, ``KeyboardInterrupt`` included, the temporary
+    file is removed and ``target`` is left as it was. Raises ``DigestMismatch``,
+    ``SizeMismatch``, ``StoreFull`` or ``StoreError``.
+    """
+    folder = temporary_folder or target.parent
+    hasher = hashlib.sha256()
+    size = 0
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary_name = tempfile.mkstemp(dir=folder, prefix=".part-")
+    except OSError as error:
+        _raise_store_error(error, folder)
+    temporary = Path(temporary_name)
+
+    try:
+        # 1. Stream the bytes into the temporary file, hashing as they pass.
+        with os.fdopen(descriptor, "wb") as stream:
+            for chunk in chunks:
+                hasher.update(chunk)
+                stream.write(chunk)
+                size += len(chunk)
+            stream.flush()
+            os.fsync(stream.fileno())
+
+        # 2. Compare digest and size before anything reaches the final path.
+        actual = hasher.hexdigest()
+        if actual != digest:
+            raise DigestMismatch(digest, actual, origin)
+        if expected_size is not None and size != expected_size:
+            raise SizeMismatch(digest, expected_size, size)
+
+        # 3. Rename into place, then make the rename itself durable.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        _raise_store_error(error, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return size
+
+
+class Store:
+    """A folder of images laid out as ``ab/cd/<digest>.<ext>``.
+
+    Creating a ``Store`` touches nothing on disk; folders are made on the
+    first write.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._identity = os.path.abspath(self.root)
+        self.temporary_folder = self.root / TEMPORARY_FOLDER
+        self.quarantine_folder = self.root / QUARANTINE_FOLDER
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Store) and other._identity == self._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
+
+    def path_for(self, digest: str, extension: str = DEFAULT_EXTENSION) -> Path:
+        """Return the final path of an image with the given extension."""
+        return file_path_of(self.root, digest, extension)
+
+    def find(self, digest: str, extension: str | None = None) -> Path | None:
+        """Return the path of the stored file for ``digest``, whatever its extension."""
+        first_guess = self.path_for(digest, extension or DEFAULT_EXTENSION)
+        if first_guess.is_file():
+            return first_guess
+
+        try:
+            names = os.listdir(first_guess.parent)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        for name in sorted(names):
+            stem, found_extension = split_name(name)
+            if stem == digest and found_extension:
+                return first_guess.parent / name
+        return None
+
+    def place(
+        self,
+        digest: str,
+        extension: str,
+        chunks: Iterable[bytes],
+        origin: str,
+        expected_size: int | None = None,
+    ) -> StoredFile:
+        """Store verified bytes under the layout path; see ``write_verified``."""
+        target = self.path_for(digest, extension)
+        size = write_verified(
+            target, digest, chunks, origin, self.temporary_folder, expected_size
+        )
+        return StoredFile(target, digest, extension, size)
+
+    def check(self, path: Path) -> str | None:
+        """Hash a stored file; return None if it matches its name, else the actual digest."""
+        stem, _ = split_name(path.name)
+        actual = calculate_sha256(path)
+        return None if actual == stem else actual
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a file that failed a check out of the layout, keeping it for inspection."""
+        self.quarantine_folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        destination = self.quarantine_folder / f"{stamp}-{path.name}"
+        os.replace(path, destination)
+        return destination
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files left by an interrupted run; return how many."""
+        if not self.temporary_folder.is_dir():
+            return 0
+
+        removed = 0
+        for entry in os.scandir(self.temporary_folder):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed += 1
+        return removed
+
+    def iter_files(self) -> Iterator[StoredFile]:
+        """Yield every file at a layout path, skipping hidden folders and stray names."""
+        for first in _sorted_subfolders(self.root):
+            for second in _sorted_subfolders(first):
+                yield from _layout_files(second)
+
+
+def _sorted_subfolders(folder: Path) -> list[Path]:
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return []
+    names = [
+        entry.name
+        for entry in entries
+        if len(entry.name) == 2 and entry.is_dir(follow_symlinks=False)
+    ]
+    return [folder / name for name in sorted(names)]
+
+
+def _layout_files(folder: Path) -> Iterator[StoredFile]:
+    for entry in os.scandir(folder):
+        stem, extension = split_name(entry.name)
+        if not extension or not is_digest(stem):
+            continue
+        if not entry.is_file(follow_symlinks=False):
+            continue
+        yield StoredFile(Path(entry.path), stem, extension, entry.stat().st_size)
+
+
+def copy_chunks(path: Path) -> Iterator[bytes]:
+    """Yield a file's bytes in chunks of ``CHUNK_SIZE``."""
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            yield chunk
