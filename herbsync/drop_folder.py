@@ -1,0 +1,197 @@
+"""The watched manifest folder: which files count, and reading them into the state.
+
+The wanted set is the union of the manifests present in the folder. A file is
+read when it is complete; hidden and temporary names (``.*``, ``*.tmp``,
+``*.part``, ``*~``) are ignored until renamed. Only regular files directly in
+the folder count: symbolic links, FIFOs and subfolders are reported and
+skipped, so no manifest can make herbsync read outside the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from herbsync.digest import CHUNK_SIZE
+from herbsync.manifests import Entry, Problem, read_manifest
+from herbsync.state import ManifestRecord, State
+
+
+log = structlog.get_logger("herbsync.manifests")
+
+IGNORED_SUFFIXES = (".tmp", ".part", "~", ".swp", ".crdownload")
+
+# Problems kept per manifest for status; the count covers all of them.
+MAX_KEPT_PROBLEMS = 1000
+# Invalid lines logged one by one per manifest; the rest are summarised.
+MAX_LOGGED_PROBLEMS = 20
+
+
+def is_manifest_name(name: str) -> bool:
+    """Return whether a file name is one the daemon reads (not hidden or temporary)."""
+    if not name or name.startswith("."):
+        return False
+    return not name.endswith(IGNORED_SUFFIXES)
+
+
+@dataclass
+class ReadResult:
+    """The outcome of reading one manifest."""
+
+    name: str
+    changed: bool
+    entries: int = 0
+    added: int = 0
+    removed: int = 0
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    problem_count: int = 0
+
+
+def _content_sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(CHUNK_SIZE):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+class ProblemCollector:
+    """Splits a manifest's items into entries (passed on) and problems (kept)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.entries = 0
+        self.problems: list[dict[str, Any]] = []
+        self.problem_count = 0
+
+    def entries_of(self, items: Iterator[Entry | Problem]) -> Iterator[Entry]:
+        """Yield the entries of ``items`` and keep their problems."""
+        for item in items:
+            if isinstance(item, Problem):
+                self.add(item)
+                continue
+            self.entries += 1
+            yield item
+
+    def add(self, problem: Problem) -> None:
+        """Keep and log one problem, within the limits."""
+        self.problem_count += 1
+        if len(self.problems) < MAX_KEPT_PROBLEMS:
+            self.problems.append({"line": problem.line, "text": problem.text, "reason": problem.reason})
+        if self.problem_count <= MAX_LOGGED_PROBLEMS:
+            log.warning(
+                "manifest.invalid_line",
+                manifest=self.name,
+                line=problem.line,
+                text=problem.text,
+                reason=problem.reason,
+            )
+
+
+class DropFolder:
+    """The manifest folder and what the state knows of it."""
+
+    def __init__(self, path: str | os.PathLike[str], state: State) -> None:
+        self.path = Path(path)
+        self.state = state
+
+    def names(self) -> list[str]:
+        """Return the names of the manifest files now in the folder."""
+        try:
+            entries = list(os.scandir(self.path))
+        except FileNotFoundError:
+            return []
+        names = []
+        for entry in entries:
+            if not is_manifest_name(entry.name):
+                continue
+            if entry.is_file(follow_symlinks=False):
+                names.append(entry.name)
+            else:
+                self._report_not_regular(entry.name)
+        return sorted(names)
+
+    def _report_not_regular(self, name: str) -> None:
+        log.warning(
+            "manifest.skipped",
+            manifest=name,
+            reason="not a regular file (symbolic link, FIFO or folder); move the real file into the folder",
+        )
+
+    def reconcile(self) -> list[ReadResult]:
+        """Read new and changed manifests and withdraw deleted ones."""
+        present = self.names()
+        results = [self.read(name) for name in present]
+        for name in sorted(set(self.state.manifest_names()) - set(present)):
+            self.withdraw(name)
+        return [result for result in results if result is not None]
+
+    def read(self, name: str) -> ReadResult | None:
+        """Read one manifest into the state if it changed; None if it is gone."""
+        path = self.path / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            self.withdraw(name)
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            self._report_not_regular(name)
+            return None
+
+        try:
+            return self._read_regular(name, path, info)
+        except OSError as error:
+            log.error(
+                "manifest.unreadable",
+                manifest=name,
+                path=str(path),
+                error=error.strerror or str(error),
+                action="fix the file's permissions; its previous entries stay wanted",
+            )
+            return None
+
+    def _read_regular(self, name: str, path: Path, info: os.stat_result) -> ReadResult:
+        known = self.state.manifest(name)
+        if known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns):
+            return ReadResult(name, changed=False)
+
+        content_sha256 = _content_sha256(path)
+        if known is not None and known.content_sha256 == content_sha256:
+            self.state.touch_manifest(name, info.st_size, info.st_mtime_ns)
+            return ReadResult(name, changed=False)
+
+        collector = ProblemCollector(name)
+        placeholder = ManifestRecord(name, info.st_size, info.st_mtime_ns, content_sha256, [], 0)
+        added, removed = self.state.replace_manifest(
+            placeholder, collector.entries_of(read_manifest(path))
+        )
+        record = ManifestRecord(
+            name, info.st_size, info.st_mtime_ns, content_sha256, collector.problems, collector.problem_count
+        )
+        self.state.replace_problems(record)
+
+        result = ReadResult(
+            name, True, collector.entries, added, removed, collector.problems, collector.problem_count
+        )
+        log.info(
+            "manifest.read",
+            manifest=name,
+            entries=result.entries,
+            added=added,
+            removed=removed,
+            invalid=result.problem_count,
+        )
+        return result
+
+    def withdraw(self, name: str) -> int:
+        """Forget a deleted manifest; its images stay in the store."""
+        removed = self.state.remove_manifest(name)
+        log.info("manifest.withdrawn", manifest=name, entries=removed)
+        return removed

@@ -1,0 +1,278 @@
+"""The transfer engine: bring every wanted image into the store, verified.
+
+A pass reads the due wanted images from the state database in digest order,
+fetches them on a bounded thread pool, and records each outcome. Worker
+threads only fetch and hash; the thread that runs the pass does every state
+write, so SQLite sees one writer.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from herbsync.digest import split_name
+from herbsync.errors import (
+    AccessDenied,
+    DigestMismatch,
+    HerbsyncError,
+    ObjectNotFound,
+    SizeMismatch,
+    SourceUnavailable,
+    StoreFull,
+)
+from herbsync.sources.base import ImageSource
+from herbsync.state import PresentRecord, State, Want
+from herbsync.store import Store, StoredFile
+
+
+log = structlog.get_logger("herbsync.mirror")
+
+# Errors that may clear on the next try within the same pass: a dropped
+# connection, a throttled server, or bytes corrupted in transit.
+TRANSIENT_ERRORS = (SourceUnavailable, DigestMismatch, SizeMismatch)
+
+# Failure kinds that another try soon will not fix.
+PERMANENT_KINDS = frozenset({"not_found", "access_denied"})
+
+
+def failure_kind(error: BaseException) -> str:
+    """Return the short, stable name of a failure's kind, used in status and logs."""
+    if isinstance(error, ObjectNotFound):
+        return "not_found"
+    if isinstance(error, AccessDenied):
+        return "access_denied"
+    if isinstance(error, (DigestMismatch, SizeMismatch)):
+        return "mismatch"
+    if isinstance(error, SourceUnavailable):
+        return "unavailable"
+    if isinstance(error, StoreFull):
+        return "store_full"
+    return "error"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a fetch is tried, within a pass and across passes."""
+
+    #: Tries of one image within a pass, for transient errors.
+    attempts: int = 3
+    #: Seconds before the second try within a pass; doubles after each try.
+    backoff: float = 0.5
+    #: Seconds before the first retry in a later pass.
+    first_retry: float = 60.0
+    #: Longest wait between retries in later passes.
+    max_retry: float = 86_400.0
+    #: Random spread applied to retry delays, as a fraction.
+    jitter: float = 0.2
+
+    def next_delay(self, attempts: int, kind: str) -> float:
+        """Return seconds until the next pass may retry an image that failed ``attempts`` times."""
+        exponent = attempts - 1
+        if kind in PERMANENT_KINDS:
+            # Missing or forbidden images rarely appear soon: start ten
+            # times later so a wrong manifest does not hammer the server.
+            exponent += 3
+        delay = min(self.max_retry, self.first_retry * (2 ** min(exponent, 40)))
+        spread = 1 + random.uniform(-self.jitter, self.jitter)
+        return float(min(self.max_retry, delay * spread))
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one wanted image in a pass."""
+
+    digest: str
+    stored: StoredFile | None = None
+    origin: str = ""
+    seconds: float = 0.0
+    error: HerbsyncError | None = None
+    adopted: bool = False
+
+
+@dataclass
+class PassResult:
+    """Counts of one pass over the wanted images."""
+
+    fetched: int = 0
+    adopted: int = 0
+    failed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    store_full: bool = False
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class Mirror:
+    """Fetches wanted images into a store, recording outcomes in the state."""
+
+    def __init__(
+        self,
+        store: Store,
+        source: ImageSource,
+        state: State,
+        workers: int = 8,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.source = source
+        self.state = state
+        self.workers = workers
+        self.policy = policy or RetryPolicy()
+        self.clock = clock
+        self.stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+
+    def close(self) -> None:
+        """Stop the worker threads after their current fetch."""
+        self.stopping.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # One image ---------------------------------------------------------
+
+    def fetch_one(self, want: Want) -> Outcome:
+        """Bring one image into the store; never raises for a per-image failure."""
+        try:
+            adopted = self._adopt_existing(want)
+            if adopted is not None:
+                return adopted
+            return self._download(want)
+        except HerbsyncError as error:
+            return Outcome(want.digest, error=error)
+        except OSError as error:
+            wrapped = HerbsyncError(f"{want.digest}: {error}")
+            return Outcome(want.digest, error=wrapped)
+
+    def _adopt_existing(self, want: Want) -> Outcome | None:
+        """Count a file already in the store once it hashes to its name."""
+        path = self.store.find(want.digest, want.extension)
+        if path is None:
+            return None
+
+        started = time.monotonic()
+        actual = self.store.check(path)
+        if actual is not None:
+            moved = self.store.quarantine(path)
+            log.error(
+                "store.corrupt", digest=want.digest, actual=actual, path=str(path), quarantine=str(moved)
+            )
+            return None
+
+        _, extension = split_name(path.name)
+        stored = StoredFile(path, want.digest, extension or "jpg", path.stat().st_size)
+        return Outcome(want.digest, stored, str(path), time.monotonic() - started, adopted=True)
+
+    def _download(self, want: Want) -> Outcome:
+        delay = self.policy.backoff
+        for attempt in range(1, self.policy.attempts + 1):
+            try:
+                result = self.source.copy_to(want.digest, self.store, want.extension, want.size)
+                return Outcome(want.digest, result.stored, result.origin, result.seconds)
+            except TRANSIENT_ERRORS as error:
+                if attempt == self.policy.attempts or self.stopping.is_set():
+                    raise
+                log.info(
+                    "fetch.retrying",
+                    digest=want.digest,
+                    attempt=attempt,
+                    error=str(error),
+                    kind=failure_kind(error),
+                )
+                if self.stopping.wait(delay):
+                    raise
+                delay *= 2
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    # A pass ------------------------------------------------------------
+
+    def run_pass(self, between_batches: Callable[[], None] | None = None) -> PassResult:
+        """Fetch every due wanted image once; return the counts.
+
+        ``between_batches`` is called after each batch of results is
+        recorded, so the caller can read new manifests during a long pass.
+        """
+        result = PassResult()
+        started = time.monotonic()
+        in_flight: set[Future[Outcome]] = set()
+        after = ""
+        limit = max(64, self.workers * 8)
+
+        while not self.stopping.is_set() and not result.store_full:
+            batch = self.state.pending(self.clock(), after, limit)
+            if not batch:
+                break
+            after = batch[-1].digest
+            for want in batch:
+                if self.stopping.is_set() or result.store_full:
+                    break
+                if len(in_flight) >= self.workers * 2:
+                    in_flight = self._record_done(in_flight, result)
+                in_flight.add(self._pool.submit(self.fetch_one, want))
+            if between_batches is not None:
+                between_batches()
+
+        while in_flight:
+            in_flight = self._record_done(in_flight, result)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _record_done(self, in_flight: set[Future[Outcome]], result: PassResult) -> set[Future[Outcome]]:
+        done, remaining = wait(in_flight, return_when=FIRST_COMPLETED)
+        for future in done:
+            if future.cancelled():
+                continue
+            self.record(future.result(), result)
+        return remaining
+
+    def record(self, outcome: Outcome, result: PassResult) -> None:
+        """Write one outcome to the state and the log, and count it."""
+        if outcome.stored is not None:
+            self._record_success(outcome, result)
+            return
+
+        error = outcome.error or HerbsyncError("unknown failure")
+        kind = failure_kind(error)
+        now = self.clock()
+        attempts = self.state.attempts(outcome.digest) + 1
+        delay = self.policy.next_delay(attempts, kind)
+        self.state.record_failure(outcome.digest, kind, str(error), now, now + delay)
+        result.failed += 1
+        result.failures[outcome.digest] = str(error)
+        if kind == "store_full":
+            result.store_full = True
+        log.warning(
+            "image.failed",
+            digest=outcome.digest,
+            kind=kind,
+            reason=str(error),
+            attempts=attempts,
+            retry_in=round(delay, 1),
+        )
+
+    def _record_success(self, outcome: Outcome, result: PassResult) -> None:
+        stored = outcome.stored
+        assert stored is not None
+        stat = Path(stored.path).stat()
+        record = PresentRecord(stored.digest, stored.extension, stat.st_size, stat.st_mtime_ns, self.clock())
+        self.state.mark_present(record)
+        if outcome.adopted:
+            result.adopted += 1
+            log.info("image.adopted", digest=stored.digest, path=str(stored.path), bytes=stored.size)
+            return
+        result.fetched += 1
+        result.bytes += stored.size
+        log.info(
+            "image.fetched",
+            digest=stored.digest,
+            source=outcome.origin,
+            bytes=stored.size,
+            seconds=round(outcome.seconds, 4),
+        )

@@ -1,0 +1,80 @@
+"""Per-manifest status reports that scripts read without parsing logs.
+
+Each manifest gets ``<state>/status/<name>.json``: counts of entries,
+present, pending and failed, each failure with its hash and reason, the
+invalid lines, and whether the manifest is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from herbsync.state import State
+
+
+STATUS_FOLDER = "status"
+
+
+def manifest_status(state: State, name: str) -> dict[str, Any] | None:
+    """Return the status report of one manifest, or None if it is unknown."""
+    record = state.manifest(name)
+    if record is None:
+        return None
+
+    counts = state.manifest_counts(name)
+    failures = state.manifest_failures(name)
+    return {
+        "manifest": name,
+        "entries": counts["entries"],
+        "present": counts["present"],
+        "pending": counts["pending"],
+        "failed": counts["failed"],
+        "complete": counts["entries"] > 0 and counts["present"] == counts["entries"],
+        "settled": counts["pending"] == 0,
+        "failures": failures,
+        "invalid_lines": record.problems,
+        "invalid_count": record.problem_count,
+        "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def status_path(state_folder: Path, name: str) -> Path:
+    """Return where the status report of manifest ``name`` is written."""
+    return state_folder / STATUS_FOLDER / f"{name}.json"
+
+
+def write_status(state: State, name: str) -> Path | None:
+    """Write a manifest's status report atomically; remove it if the manifest is gone."""
+    target = status_path(state.folder, name)
+    report = manifest_status(state, name)
+    if report is None:
+        target.unlink(missing_ok=True)
+        return None
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".status-")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            json.dump(report, stream, indent=2)
+            stream.write("\n")
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def remove_stale_reports(state: State) -> None:
+    """Delete status reports of manifests the state no longer knows."""
+    folder = state.folder / STATUS_FOLDER
+    if not folder.is_dir():
+        return
+    known = set(state.manifest_names())
+    for path in folder.glob("*.json"):
+        if path.name[: -len(".json")] not in known:
+            path.unlink(missing_ok=True)
