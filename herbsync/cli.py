@@ -53,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     wait.add_argument(
         "--timeout", type=float, default=None, metavar="SECONDS", help="give up after SECONDS (default: never)"
     )
+
+    fetch = verbs.add_parser("fetch", help="fetch images once, without the daemon")
+    _add_config(fetch)
+    fetch.add_argument("items", nargs="+", metavar="HASH|URL|MANIFEST", help="hashes, image URLs or manifest files")
+    fetch.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return parser
 
 
@@ -86,6 +91,26 @@ def command_run(arguments: argparse.Namespace) -> int:
     daemon.install_signal_handlers()
     daemon.run()
     return EXIT_OK
+
+
+def command_fetch(arguments: argparse.Namespace) -> int:
+    """Fetch the given images once; exit 1 if any failed or any input was invalid."""
+    from herbsync._logging import configure_logging
+    from herbsync.oneshot import fetch_once
+
+    settings = _settings(arguments.config)
+    configure_logging(settings.log_format, "warning")
+    report = fetch_once(settings, arguments.items, progress=not arguments.no_progress)
+
+    for problem in report.problems:
+        print(f"invalid input: {problem}", file=sys.stderr)
+    for digest, reason in sorted(report.failures.items()):
+        print(f"failed {digest}: {reason}", file=sys.stderr)
+    print(
+        f"{report.requested} requested: {report.fetched} fetched, "
+        f"{report.present} already present, {len(report.failures)} failed"
+    )
+    return EXIT_FAILED if report.failures or report.problems else EXIT_OK
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -166,7 +191,12 @@ def _read_report(settings: Settings, name: str) -> dict[str, Any] | None:
         state.close()
 
 
-COMMANDS = {"run": command_run, "status": command_status, "wait": command_wait}
+COMMANDS = {
+    "run": command_run,
+    "status": command_status,
+    "wait": command_wait,
+    "fetch": command_fetch,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

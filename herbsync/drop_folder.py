@@ -129,7 +129,10 @@ class DropFolder:
         """Read new and changed manifests and withdraw deleted ones."""
         present = self.names()
         results = [self.read(name) for name in present]
-        for name in sorted(set(self.state.manifest_names()) - set(present)):
+        # Names that cannot be folder manifests (such as the hidden ones that
+        # `herbsync fetch` registers) are not withdrawn by a rescan.
+        known = {name for name in self.state.manifest_names() if is_manifest_name(name)}
+        for name in sorted(known - set(present)):
             self.withdraw(name)
         return [result for result in results if result is not None]
 

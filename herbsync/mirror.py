@@ -129,6 +129,8 @@ class Mirror:
         self.policy = policy or RetryPolicy()
         self.clock = clock
         self.stopping = threading.Event()
+        #: Called with each outcome after it is recorded, for progress bars.
+        self.on_outcome: Callable[[Outcome], None] | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
 
     def close(self) -> None:
@@ -193,11 +195,18 @@ class Mirror:
 
     # A pass ------------------------------------------------------------
 
-    def run_pass(self, between_batches: Callable[[], None] | None = None) -> PassResult:
+    def run_pass(
+        self,
+        between_batches: Callable[[], None] | None = None,
+        manifest: str | None = None,
+        now: float | None = None,
+    ) -> PassResult:
         """Fetch every due wanted image once; return the counts.
 
         ``between_batches`` is called after each batch of results is
         recorded, so the caller can read new manifests during a long pass.
+        ``manifest`` limits the pass to one manifest's entries, and ``now``
+        overrides the clock when choosing which failures are due.
         """
         result = PassResult()
         started = time.monotonic()
@@ -206,7 +215,8 @@ class Mirror:
         limit = max(64, self.workers * 8)
 
         while not self.stopping.is_set() and not result.store_full:
-            batch = self.state.pending(self.clock(), after, limit)
+            due_at = self.clock() if now is None else now
+            batch = self.state.pending(due_at, after, limit, manifest)
             if not batch:
                 break
             after = batch[-1].digest
@@ -236,8 +246,12 @@ class Mirror:
         """Write one outcome to the state and the log, and count it."""
         if outcome.stored is not None:
             self._record_success(outcome, result)
-            return
+        else:
+            self._record_failure(outcome, result)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
 
+    def _record_failure(self, outcome: Outcome, result: PassResult) -> None:
         error = outcome.error or HerbsyncError("unknown failure")
         kind = failure_kind(error)
         now = self.clock()

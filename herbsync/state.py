@@ -246,17 +246,26 @@ class State:
 
     # Wanted and present -------------------------------------------------
 
-    def pending(self, now: float, after: str = "", limit: int = 1000) -> list[Want]:
-        """Return wanted images that are not present and are due, in digest order."""
-        rows = self.connection.execute(
+    def pending(
+        self, now: float, after: str = "", limit: int = 1000, manifest: str | None = None
+    ) -> list[Want]:
+        """Return wanted images that are not present and are due, in digest order.
+
+        With ``manifest``, only that manifest's entries count.
+        """
+        query = (
             "SELECT w.digest, MAX(w.extension), MAX(w.size) FROM wants AS w "
             "WHERE w.digest > ? "
             "AND NOT EXISTS (SELECT 1 FROM objects AS o WHERE o.digest = w.digest) "
             "AND NOT EXISTS (SELECT 1 FROM failures AS f WHERE f.digest = w.digest "
             "AND f.next_attempt_at > ?) "
-            "GROUP BY w.digest ORDER BY w.digest LIMIT ?",
-            (after, now, limit),
         )
+        parameters: tuple[object, ...] = (after, now)
+        if manifest is not None:
+            query += "AND w.manifest_id = (SELECT id FROM manifests WHERE name = ?) "
+            parameters += (manifest,)
+        query += "GROUP BY w.digest ORDER BY w.digest LIMIT ?"
+        rows = self.connection.execute(query, parameters + (limit,))
         return [Want(*row) for row in rows]
 
     def next_attempt_at(self) -> float | None:

@@ -116,7 +116,8 @@ class DaemonProcess:
         self.store = root / "store"
         self.manifests = root / "manifests"
         self.state = root / "state"
-        self.log_path = root / "daemon.log"
+        # One log per process, so a restarted daemon's events stand apart.
+        self.log_path = root / f"daemon-{len(list(root.glob('daemon-*.log')))}.log"
         config = {
             "store": {"path": str(self.store)},
             "manifests": {"path": str(self.manifests)},

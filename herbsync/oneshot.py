@@ -1,0 +1,92 @@
+"""``herbsync fetch``: mirror given hashes or manifests once, without the daemon.
+
+It uses the daemon's engine, store and state database, so images it fetches
+count as verified for the daemon too. Its wants are registered under a hidden
+manifest name and withdrawn when it ends.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from herbsync.config import Settings
+from herbsync.digest import extension_from_url, extract_sha256_from_url, normalize_extension
+from herbsync.errors import InvalidDigest
+from herbsync.manifests import Entry, Problem, read_manifest
+from herbsync.mirror import Mirror, Outcome, RetryPolicy
+from herbsync.sources.factory import build_source
+from herbsync.state import ManifestRecord, State
+from herbsync.store import Store
+
+
+@dataclass
+class FetchReport:
+    """What a one-shot fetch did."""
+
+    requested: int = 0
+    fetched: int = 0
+    present: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+def _entries_of_argument(argument: str, report: FetchReport) -> Iterator[Entry]:
+    path = Path(argument)
+    if path.is_file():
+        for item in read_manifest(path):
+            if isinstance(item, Problem):
+                report.problems.append(f"{argument}:{item.line}: {item.text!r}: {item.reason}")
+            else:
+                yield item
+        return
+
+    try:
+        digest = extract_sha256_from_url(argument)
+    except InvalidDigest as error:
+        report.problems.append(f"{error}; give a hash, an image URL or a manifest file")
+        return
+    extension = extension_from_url(argument)
+    yield Entry(digest, 0, normalize_extension(extension) if extension else None)
+
+
+def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) -> FetchReport:
+    """Fetch every image named by ``arguments`` into the store; return what happened."""
+    report = FetchReport()
+    state = State(settings.state_path)
+    store = Store(settings.store_path)
+    policy = RetryPolicy(attempts=settings.attempts, backoff=settings.backoff)
+    mirror = Mirror(store, build_source(settings.source), state, settings.workers, policy)
+    name = f".fetch-{os.getpid()}"
+
+    try:
+        entries = (entry for argument in arguments for entry in _entries_of_argument(argument, report))
+        record = ManifestRecord(name, 0, 0, "", [], 0)
+        report.requested, _ = state.replace_manifest(record, entries)
+        report.present = report.requested - len(state.pending(float("inf"), limit=report.requested + 1, manifest=name))
+        bar = tqdm(
+            total=report.requested - report.present,
+            unit="image",
+            disable=not progress or None,
+            file=sys.stderr,
+        )
+
+        def advance(outcome: Outcome) -> None:
+            bar.update(1)
+
+        mirror.on_outcome = advance
+        result = mirror.run_pass(manifest=name, now=float("inf"))
+        bar.close()
+        report.fetched = result.fetched
+        report.present += result.adopted
+        report.failures = result.failures
+    finally:
+        mirror.close()
+        state.remove_manifest(name)
+        state.close()
+    return report
