@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from herbsync.config import DEFAULT_CONFIG_PATH, Settings, load_settings
-from herbsync.errors import ConfigError
+from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.state import DATABASE_NAME, State
 from herbsync.status import manifest_status
 
@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"herbsync: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except HerbsyncError as error:
+        print(f"herbsync: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ _SECTIONS: dict[str, set[str]] = {
     "store": {"path"},
     "manifests": {"path", "rescan_interval"},
     "state": {"path"},
-    "transfers": {"workers", "attempts", "backoff", "first_retry", "max_retry"},
+    "transfers": {"workers", "attempts", "backoff", "first_retry", "max_retry", "shutdown_grace"},
     "logging": {"format", "level"},
+    "metrics": {"address"},
     "source": set(),
 }
 
@@ -52,6 +53,10 @@ class Settings:
     first_retry: float = 60.0
     #: Longest wait, in seconds, between retries of a failed image.
     max_retry: float = 86_400.0
+    #: Seconds that running transfers may take to finish after SIGTERM.
+    shutdown_grace: float = 30.0
+    #: ``host:port`` serving Prometheus metrics, or None (off).
+    metrics_address: str | None = None
     #: Seconds between full reads of the manifest folder.
     rescan_interval: float = 300.0
     #: "auto" (JSON unless stdout is a terminal), "json" or "console".
@@ -92,6 +97,17 @@ def _choice(table: Mapping[str, Any], key: str, where: str, default: str, choice
     return str(value)
 
 
+def _metrics_address(table: Mapping[str, Any]) -> str | None:
+    value = table.get("address")
+    if value is None or value == "":
+        return None
+    host, _, port = str(value).rpartition(":")
+    if not isinstance(value, str) or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        msg = f"metrics.address = {value!r} is invalid: expected host:port, such as \"127.0.0.1:9108\""
+        raise ConfigError(msg)
+    return value
+
+
 def _check_tables(document: Mapping[str, Any]) -> None:
     for section, value in document.items():
         if section not in _SECTIONS:
@@ -116,6 +132,7 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
     state = document.get("state", {})
     transfers = document.get("transfers", {})
     logging = document.get("logging", {})
+    metrics = document.get("metrics", {})
     source = copy.deepcopy(dict(document.get("source", defaults.source)))
 
     # Building the source checks every key of [source]; it opens nothing.
@@ -135,6 +152,8 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
         backoff=float(_number(transfers, "backoff", "transfers", defaults.backoff, 0)),
         first_retry=float(_number(transfers, "first_retry", "transfers", defaults.first_retry, 0)),
         max_retry=float(_number(transfers, "max_retry", "transfers", defaults.max_retry, 0)),
+        shutdown_grace=float(_number(transfers, "shutdown_grace", "transfers", defaults.shutdown_grace, 0)),
+        metrics_address=_metrics_address(metrics),
         rescan_interval=float(_number(manifests, "rescan_interval", "manifests", defaults.rescan_interval, 1)),
         log_format=_choice(logging, "format", "logging", "auto", ("auto", "json", "console")),
         log_level=_choice(logging, "level", "logging", "info", ("debug", "info", "warning", "error")),

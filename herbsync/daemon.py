@@ -28,9 +28,13 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from herbsync.config import Settings
+from herbsync.config import Settings, load_settings
 from herbsync.drop_folder import DropFolder, is_manifest_name
+from herbsync.errors import ConfigError
+from herbsync.lock import StoreLock
+from herbsync.metrics import Metrics
 from herbsync.mirror import Mirror, RetryPolicy
+from herbsync.notify import Notifier
 from herbsync.sources.factory import build_source
 from herbsync.state import State
 from herbsync.status import remove_stale_reports, write_status
@@ -55,7 +59,7 @@ class ManifestEvents(FileSystemEventHandler):
     folder; writes still in progress are not read.
     """
 
-    def __init__(self, folder: Path, requests: queue.Queue[Request]) -> None:
+    def __init__(self, folder: Path, requests: queue.SimpleQueue[Request]) -> None:
         self.folder = folder
         self.requests = requests
 
@@ -89,27 +93,46 @@ class ManifestEvents(FileSystemEventHandler):
             self.requests.put(Request("withdraw", name))
 
 
+def _retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        attempts=settings.attempts,
+        backoff=settings.backoff,
+        first_retry=settings.first_retry,
+        max_retry=settings.max_retry,
+    )
+
+
+# Settings that a reload cannot change: they name what this process has open.
+_RESTART_ONLY = ("store_path", "manifests_path", "state_path", "metrics_address")
+
+
 class Daemon:
     """The long-running mirror process."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lock = StoreLock(settings.store_path)
+        self.lock.acquire()
         self.store = Store(settings.store_path)
         self.source = build_source(settings.source)
         self.state = State(settings.state_path)
         self.folder = DropFolder(settings.manifests_path, self.state)
-        policy = RetryPolicy(
-            attempts=settings.attempts,
-            backoff=settings.backoff,
-            first_retry=settings.first_retry,
-            max_retry=settings.max_retry,
-        )
-        self.mirror = Mirror(self.store, self.source, self.state, settings.workers, policy)
-        self.requests: queue.Queue[Request] = queue.Queue()
+        self.mirror = self._build_mirror(settings)
+        self.metrics = Metrics()
+        self.mirror.metrics = self.metrics
+        self.notifier = Notifier()
+        # SimpleQueue.put is reentrant, so signal handlers may call it.
+        self.requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self._changed: set[str] = set()
         self._observer: Observer | None = None
         self._scheduler: BackgroundScheduler | None = None
+        self._reload_requested = False
+
+    def _build_mirror(self, settings: Settings) -> Mirror:
+        mirror = Mirror(self.store, self.source, self.state, settings.workers, _retry_policy(settings))
+        mirror.grace = settings.shutdown_grace
+        return mirror
 
     # Start and stop -----------------------------------------------------
 
@@ -135,9 +158,14 @@ class Daemon:
             id="rescan",
             max_instances=1,
             coalesce=True,
+            misfire_grace_time=30,
         )
         self._scheduler.start()
-        self.requests.put(Request("rescan"))
+        if self.settings.metrics_address:
+            self.metrics.serve(self.settings.metrics_address)
+
+        self.handle_requests_now([Request("rescan")])
+        self.notifier.ready(self.summary())
         log.info(
             "daemon.started",
             store=str(self.settings.store_path),
@@ -145,39 +173,75 @@ class Daemon:
             state=str(self.settings.state_path),
             source=self.source.describe(),
             workers=self.settings.workers,
+            metrics=self.settings.metrics_address,
             pid=os.getpid(),
         )
 
     def stop(self) -> None:
-        """Ask the daemon to stop; safe to call from a signal handler."""
+        """Stop taking new work; running transfers get the grace period.
+
+        Safe to call from a signal handler: it only sets events and puts on a
+        ``SimpleQueue``.
+        """
+        if self.stopping.is_set():
+            return
         self.stopping.set()
         self.mirror.stopping.set()
         self.requests.put(Request("wake"))
 
     def _shut_down(self) -> None:
+        log.info("daemon.stopping", grace_seconds=self.settings.shutdown_grace)
+        self.notifier.stopping()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()
         self.mirror.close()
+        self.write_reports()
         removed = self.store.clean_temporary()
         self.state.close()
+        self.lock.release()
         log.info("daemon.stopped", temporary_files_removed=removed)
 
     def install_signal_handlers(self) -> None:
-        """Stop cleanly on SIGTERM and SIGINT; rescan the manifest folder on SIGHUP."""
+        """Stop cleanly on SIGTERM and SIGINT; reload the configuration on SIGHUP."""
 
         def on_stop(signum: int, frame: FrameType | None) -> None:
-            log.info("daemon.stopping", signal=signal.Signals(signum).name)
             self.stop()
 
         def on_hangup(signum: int, frame: FrameType | None) -> None:
-            self.requests.put(Request("rescan"))
+            self.requests.put(Request("reload"))
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGHUP, on_hangup)
+
+    def reload(self) -> None:
+        """Re-read the configuration file; keep the running one if the new one is invalid."""
+        self.notifier.reloading()
+        path = self.settings.config_path
+        try:
+            if path is None:
+                raise ConfigError("the daemon was started without a configuration file")
+            settings = load_settings(path)
+            self._apply(settings)
+        except ConfigError as error:
+            log.error("config.reload_failed", error=str(error), action="fix the file and send SIGHUP again")
+        self.handle_requests_now([Request("rescan")])
+        self.notifier.ready(self.summary())
+
+    def _apply(self, settings: Settings) -> None:
+        ignored = [name for name in _RESTART_ONLY if getattr(settings, name) != getattr(self.settings, name)]
+        if ignored:
+            log.warning("config.restart_needed", settings=ignored)
+        source = build_source(settings.source)
+        self.mirror.close()
+        self.source = source
+        self.mirror = self._build_mirror(settings)
+        self.mirror.metrics = self.metrics
+        self.settings = settings
+        log.info("config.reloaded", path=str(settings.config_path), source=source.describe(), workers=settings.workers)
 
     # Work ---------------------------------------------------------------
 
@@ -197,8 +261,14 @@ class Daemon:
             self.state.forget_present(stale)
             log.info("store.audited", stale=len(stale))
 
+    def handle_requests_now(self, requests: list[Request]) -> None:
+        """Handle the given requests at once, on the calling thread."""
+        for request in requests:
+            self._handle(request)
+
     def handle_requests(self, timeout: float | None = None) -> bool:
         """Handle every queued request, waiting up to ``timeout`` for the first."""
+        self.notifier.ping_watchdog()
         handled = False
         try:
             request = self.requests.get(timeout=timeout) if timeout else self.requests.get_nowait()
@@ -223,6 +293,9 @@ class Daemon:
             self.folder.withdraw(request.name)
             self._changed.add(request.name)
             return True
+        if request.kind == "reload":
+            self._reload_requested = True
+            return True
         if request.kind == "rescan":
             results = self.folder.reconcile()
             self._changed.update(result.name for result in results if result.changed)
@@ -233,9 +306,22 @@ class Daemon:
 
     def write_reports(self) -> None:
         """Rewrite the status report of every manifest touched since the last call."""
+        if not self._changed:
+            return
         for name in sorted(self._changed):
             write_status(self.state, name)
         self._changed.clear()
+        totals = self.state.totals()
+        self.metrics.set_totals(totals)
+        self.notifier.status(self.summary(totals))
+
+    def summary(self, totals: dict[str, int] | None = None) -> str:
+        """Return the one-line status for systemd: wanted, present, pending, failed."""
+        totals = totals or self.state.totals()
+        return (
+            f"{totals['wanted']} wanted, {totals['present']} present, "
+            f"{totals['pending']} pending, {totals['failed']} failed"
+        )
 
     def run_pass(self) -> None:
         """Fetch everything due now, reading new manifests between batches."""
@@ -258,14 +344,23 @@ class Daemon:
             return 3600.0
         return max(0.05, next_attempt - time.time())
 
+    def _wait_timeout(self) -> float:
+        timeout = self._seconds_until_next_retry()
+        if self.notifier.watchdog_interval is not None:
+            timeout = min(timeout, self.notifier.watchdog_interval)
+        return timeout
+
     def run(self) -> None:
         """Serve until ``stop`` is called."""
         self.start()
         try:
             while not self.stopping.is_set():
                 self.handle_requests()
+                if self._reload_requested:
+                    self._reload_requested = False
+                    self.reload()
                 self.run_pass()
                 self.write_reports()
-                self.handle_requests(timeout=self._seconds_until_next_retry())
+                self.handle_requests(timeout=self._wait_timeout())
         finally:
             self._shut_down()

@@ -8,11 +8,13 @@ Every error derives from ``HerbsyncError``, so one ``except`` catches all::
     ├── SourceError                 a source could not deliver an image
     │   ├── ObjectNotFound          the source does not have the image
     │   ├── SourceUnavailable       transient: network, 5xx, throttling
-    │   └── AccessDenied            permanent: credentials or permissions
-    └── StoreError                  the local store could not take an image
-        ├── DigestMismatch          bytes do not hash to their name
-        ├── SizeMismatch            bytes are not the size a manifest promised
-        └── StoreFull               no space left on the store's filesystem
+    │   ├── AccessDenied            permanent: credentials or permissions
+    │   └── FileChanged             transient: a file changed while it was uploaded
+    ├── StoreError                  the local store could not take an image
+    │   ├── DigestMismatch          bytes do not hash to their name
+    │   ├── SizeMismatch            bytes are not the size a manifest promised
+    │   └── StoreFull               no space left on the store's filesystem
+    └── TransferAborted             a transfer was cut short by shutdown
 """
 
 from __future__ import annotations
@@ -51,6 +53,12 @@ class AccessDenied(SourceError):
     """Raised when credentials are missing, wrong or lack permission."""
 
 
+class FileChanged(SourceError):
+    """Raised when a file changed between hashing and upload; retry once it is stable."""
+
+    transient = True
+
+
 class StoreError(HerbsyncError):
     """Raised when the local store cannot take an image."""
 
@@ -78,3 +86,7 @@ class SizeMismatch(StoreError):
 
 class StoreFull(StoreError):
     """Raised when the store's filesystem has no space left."""
+
+
+class TransferAborted(HerbsyncError):
+    """Raised inside a transfer that shutdown cut short; nothing is stored."""

@@ -27,7 +27,9 @@ from herbsync.errors import (
     SizeMismatch,
     SourceUnavailable,
     StoreFull,
+    TransferAborted,
 )
+from herbsync.metrics import Metrics
 from herbsync.sources.base import ImageSource
 from herbsync.state import PresentRecord, State, Want
 from herbsync.store import Store, StoredFile
@@ -131,6 +133,11 @@ class Mirror:
         self.stopping = threading.Event()
         #: Called with each outcome after it is recorded, for progress bars.
         self.on_outcome: Callable[[Outcome], None] | None = None
+        #: Prometheus counters to update, if metrics are on.
+        self.metrics: Metrics | None = None
+        #: Seconds running transfers may take to finish once ``stopping`` is set.
+        self.grace = 30.0
+        self._stop_seen_at: float | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
 
     def close(self) -> None:
@@ -235,12 +242,24 @@ class Mirror:
         return result
 
     def _record_done(self, in_flight: set[Future[Outcome]], result: PassResult) -> set[Future[Outcome]]:
-        done, remaining = wait(in_flight, return_when=FIRST_COMPLETED)
+        done, remaining = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)
+        self._enforce_grace()
         for future in done:
             if future.cancelled():
                 continue
             self.record(future.result(), result)
         return remaining
+
+    def _enforce_grace(self) -> None:
+        """Abort the transfers still running once the shutdown grace period is over."""
+        if not self.stopping.is_set():
+            return
+        now = time.monotonic()
+        if self._stop_seen_at is None:
+            self._stop_seen_at = now
+        elif now - self._stop_seen_at >= self.grace and not self.store.aborting.is_set():
+            log.warning("fetch.aborting", grace_seconds=self.grace)
+            self.store.aborting.set()
 
     def record(self, outcome: Outcome, result: PassResult) -> None:
         """Write one outcome to the state and the log, and count it."""
@@ -253,11 +272,16 @@ class Mirror:
 
     def _record_failure(self, outcome: Outcome, result: PassResult) -> None:
         error = outcome.error or HerbsyncError("unknown failure")
+        if isinstance(error, TransferAborted):
+            log.info("fetch.aborted", digest=outcome.digest)
+            return
         kind = failure_kind(error)
         now = self.clock()
         attempts = self.state.attempts(outcome.digest) + 1
         delay = self.policy.next_delay(attempts, kind)
         self.state.record_failure(outcome.digest, kind, str(error), now, now + delay)
+        if self.metrics is not None:
+            self.metrics.transfer_errors.labels(kind=kind).inc()
         result.failed += 1
         result.failures[outcome.digest] = str(error)
         if kind == "store_full":
@@ -283,6 +307,9 @@ class Mirror:
             return
         result.fetched += 1
         result.bytes += stored.size
+        if self.metrics is not None:
+            self.metrics.fetched_objects.inc()
+            self.metrics.fetched_bytes.inc(stored.size)
         log.info(
             "image.fetched",
             digest=stored.digest,

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 
 DATABASE_NAME = "herbsync.db"
@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS failures (
     last_attempt_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- The scrub re-hashes the least recently verified images first.
+CREATE INDEX IF NOT EXISTS objects_by_verified_at ON objects (verified_at);
 """
 
 
@@ -308,6 +310,13 @@ class State:
             )
             self.connection.execute("DELETE FROM failures WHERE digest = ?", (record.digest,))
 
+    def mark_present_many(self, records: Iterable[PresentRecord]) -> None:
+        """Record many verified images in one transaction per batch."""
+        for batch in _batches(records):
+            rows = [(r.digest, r.extension, r.size, r.mtime_ns, r.verified_at) for r in batch]
+            with self.connection:
+                self.connection.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", rows)
+
     def forget_present(self, digests: Iterable[str]) -> None:
         """Drop verification records whose files are gone or changed."""
         with self.connection:
@@ -390,8 +399,65 @@ class State:
     def _count(self, query: str) -> int:
         return int(self.connection.execute(query).fetchone()[0])
 
+    # Upkeep: scrub, verify and eviction ---------------------------------
 
-def _batches(entries: Iterable[EntryLike]) -> Iterator[list[EntryLike]]:
-    iterator = iter(entries)
+    def least_recently_verified(
+        self, before: float, after: tuple[float, str] | None = None, limit: int = 1000
+    ) -> list[PresentRecord]:
+        """Return records verified before ``before``, oldest verification first.
+
+        ``after`` is the ``(verified_at, digest)`` of the last record of the
+        previous page; records updated since then do not shift the pages.
+        """
+        last_verified_at, last_digest = after if after is not None else (float("-inf"), "")
+        rows = self.connection.execute(
+            "SELECT digest, extension, size, mtime_ns, verified_at FROM objects "
+            "WHERE verified_at < ? AND (verified_at > ? OR (verified_at = ? AND digest > ?)) "
+            "ORDER BY verified_at, digest LIMIT ?",
+            (before, last_verified_at, last_verified_at, last_digest, limit),
+        )
+        return [PresentRecord(*row) for row in rows]
+
+    def refresh_verified(self, records: Iterable[PresentRecord]) -> int:
+        """Update size, mtime and verification time of existing records; return how many.
+
+        A record whose digest and extension have no row is skipped, so an image
+        removed while it was being hashed is not recorded again.
+        """
+        updated = 0
+        for batch in _batches(records):
+            rows = [(r.size, r.mtime_ns, r.verified_at, r.digest, r.extension) for r in batch]
+            with self.connection:
+                cursor = self.connection.executemany(
+                    "UPDATE objects SET size = ?, mtime_ns = ?, verified_at = ? "
+                    "WHERE digest = ? AND extension = ?",
+                    rows,
+                )
+            updated += cursor.rowcount
+        return updated
+
+    def present_bytes(self) -> int:
+        """Return the total size in bytes of every verified image."""
+        return self._count("SELECT COALESCE(SUM(size), 0) FROM objects")
+
+    def wanted_among(self, digests: Iterable[str]) -> set[str]:
+        """Return the digests among ``digests`` that any manifest wants."""
+        wanted: set[str] = set()
+        iterator = iter(digests)
+        # 500 parameters per query stays under SQLite's limit of 999 in old builds.
+        while batch := list(islice(iterator, 500)):
+            placeholders = ", ".join("?" * len(batch))
+            rows = self.connection.execute(
+                f"SELECT DISTINCT digest FROM wants WHERE digest IN ({placeholders})", batch
+            )
+            wanted.update(row[0] for row in rows)
+        return wanted
+
+
+Item = TypeVar("Item")
+
+
+def _batches(items: Iterable[Item]) -> Iterator[list[Item]]:
+    iterator = iter(items)
     while batch := list(islice(iterator, BATCH_SIZE)):
         yield batch

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from herbsync.digest import (
     is_digest,
     split_name,
 )
-from herbsync.errors import DigestMismatch, SizeMismatch, StoreError, StoreFull
+from herbsync.errors import DigestMismatch, SizeMismatch, StoreError, StoreFull, TransferAborted
 
 
 TEMPORARY_FOLDER = ".tmp"
@@ -66,6 +67,7 @@ def write_verified(
     origin: str,
     temporary_folder: Path | None = None,
     expected_size: int | None = None,
+    abort: threading.Event | None = None,
 ) -> int:
     """Write ``chunks`` to ``target`` only if they hash to ``digest``; return the size.
 
@@ -89,6 +91,8 @@ def write_verified(
         # 1. Stream the bytes into the temporary file, hashing as they pass.
         with os.fdopen(descriptor, "wb") as stream:
             for chunk in chunks:
+                if abort is not None and abort.is_set():
+                    raise TransferAborted(f"{origin}: transfer aborted by shutdown")
                 hasher.update(chunk)
                 stream.write(chunk)
                 size += len(chunk)
@@ -127,6 +131,8 @@ class Store:
         self._identity = os.path.abspath(self.root)
         self.temporary_folder = self.root / TEMPORARY_FOLDER
         self.quarantine_folder = self.root / QUARANTINE_FOLDER
+        #: Set to make every write in progress stop and leave nothing behind.
+        self.aborting = threading.Event()
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -168,7 +174,7 @@ class Store:
         """Store verified bytes under the layout path; see ``write_verified``."""
         target = self.path_for(digest, extension)
         size = write_verified(
-            target, digest, chunks, origin, self.temporary_folder, expected_size
+            target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting
         )
         return StoredFile(target, digest, extension, size)
 

@@ -17,7 +17,7 @@ from herbsync.manifests import MAX_PROBLEMS, Entry, Problem, read_manifest
 from herbsync.manifests import tomlfile
 
 
-SPECIMENS = Path("/work/shared/specimens")
+SPECIMENS = Path(__file__).resolve().parent.parent / "samples" / "specimens"
 DIGESTS = [line.split()[0] for line in (SPECIMENS / "SHA256SUMS").read_text().splitlines() if line.strip()]
 A, B, C, D, E = DIGESTS[:5]
 

@@ -5,7 +5,7 @@ telemetry off, in its own process group and with no ``AWS_*``/``S3_*``
 variables in its environment (``weed mini`` would turn them into an admin
 identity). It is ready only when ``/healthz`` answers 200 *and* a probe
 bucket, put, get and delete succeed. ``stop()`` ends exactly the process it
-started. See ``/work/shared/SEAWEEDFS.md`` for the measurements behind this.
+started. Measured on 2 cores: ready in about 1 s, stopped in about 2 s.
 
 Typical use::
 
