@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -110,7 +111,9 @@ def write_config(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
 class DaemonProcess:
     """A ``herbsync run`` process started by a test, stopped by its PID."""
 
-    def __init__(self, root: Path, source: dict[str, Any], **sections: dict[str, Any]) -> None:
+    def __init__(
+        self, root: Path, source: dict[str, Any], environment: dict[str, str] | None = None, **sections: dict[str, Any]
+    ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.store = root / "store"
@@ -129,10 +132,11 @@ class DaemonProcess:
         }
         self.config = write_config(root / "herbsync.toml", config)
         self.process: subprocess.Popen[bytes] | None = None
+        self.environment = {**os.environ, **TEST_KEYS, **(environment or {})}
 
     def start(self) -> DaemonProcess:
         """Start the daemon and wait until it logs that it started."""
-        environment = {**os.environ, **TEST_KEYS}
+        environment = self.environment
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "herbsync.cli", "run", "--config", str(self.config)],
@@ -159,9 +163,26 @@ class DaemonProcess:
                 pytest.fail(f"daemon did not stop on SIGTERM:\n{self.log()}")
         return int(process.returncode)
 
+    def send(self, signum: int) -> None:
+        """Send a signal to the running daemon."""
+        assert self.process is not None
+        self.process.send_signal(signum)
+
     def log(self) -> str:
         """Return everything the daemon printed so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """Return the logged events called ``name``, as dicts, in order."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("event") == name:
+                found.append(record)
+        return found
 
     def drop_manifest(self, name: str, text: str) -> Path:
         """Write a manifest beside the folder, then rename it in, as a pipeline would."""
@@ -178,8 +199,6 @@ class DaemonProcess:
 
     def status(self, name: str) -> dict[str, Any] | None:
         """Return a manifest's status report, or None before it is written."""
-        import json
-
         path = self.state / "status" / f"{name}.json"
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -205,8 +224,13 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     """Start ``herbsync run`` processes; every one is stopped after the test."""
     started: list[DaemonProcess] = []
 
-    def start(source: dict[str, Any], root: Path | None = None, **sections: dict[str, Any]) -> DaemonProcess:
-        daemon = DaemonProcess(root or tmp_path / f"daemon{len(started)}", source, **sections)
+    def start(
+        source: dict[str, Any],
+        root: Path | None = None,
+        environment: dict[str, str] | None = None,
+        **sections: dict[str, Any],
+    ) -> DaemonProcess:
+        daemon = DaemonProcess(root or tmp_path / f"daemon{len(started)}", source, environment, **sections)
         started.append(daemon)
         return daemon.start()
 

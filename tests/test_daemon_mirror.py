@@ -17,18 +17,6 @@ from herbsync.testing.seaweed import image_key
 MISSING = "f" * 64
 
 
-def _events(daemon: Any, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
 def test_manifest_brings_specimens_into_store(seaweed, bucket, s3_table, specimens, start_daemon):
     """Every listed specimen lands in the store and hashes to its name."""
     digests = seaweed.upload_images(bucket, specimens)
@@ -43,7 +31,7 @@ def test_manifest_brings_specimens_into_store(seaweed, bucket, s3_table, specime
         stored = daemon.stored(digest)
         assert stored.is_file()
         assert calculate_sha256(stored) == digest
-    fetched = _events(daemon, "image.fetched")
+    fetched = daemon.events("image.fetched")
     assert {event["digest"] for event in fetched} == set(digests[:10])
     assert all(event["bytes"] > 0 and "seconds" in event for event in fetched)
 
@@ -59,7 +47,7 @@ def test_overlapping_manifest_fetches_only_new(seaweed, bucket, s3_table, specim
     report = daemon.wait_settled("second.txt", len(digests) - 4)
 
     assert report["complete"] is True
-    fetched = [event["digest"] for event in _events(daemon, "image.fetched")]
+    fetched = [event["digest"] for event in daemon.events("image.fetched")]
     assert sorted(fetched) == sorted(digests)
     assert len(fetched) == len(set(fetched))
 
@@ -108,7 +96,7 @@ def test_invalid_lines_reported_valid_served(seaweed, bucket, s3_table, specimen
     assert sorted(invalid) == [3, 4, 5]
     assert invalid[3]["text"] == "abc123"
     assert invalid[5]["text"] == "../../etc/passwd"
-    logged = _events(daemon, "manifest.invalid_line")
+    logged = daemon.events("manifest.invalid_line")
     assert {(event["manifest"], event["line"]) for event in logged} == {
         ("dirty.txt", 3),
         ("dirty.txt", 4),
@@ -136,7 +124,7 @@ def test_local_first_skips_s3(seaweed, bucket, specimens, start_daemon, tmp_path
     daemon.drop_manifest("cache.txt", "\n".join(digests))
     daemon.wait_settled("cache.txt", 4)
 
-    origins = {event["digest"]: event["source"] for event in _events(daemon, "image.fetched")}
+    origins = {event["digest"]: event["source"] for event in daemon.events("image.fetched")}
     assert origins[digests[0]] == str(target)
     for digest in digests[1:]:
         assert origins[digest].startswith(f"s3://{bucket}/")
@@ -148,7 +136,7 @@ def test_sigterm_leaves_no_temporary_files(seaweed, bucket, s3_table, specimens,
     digests = seaweed.upload_images(bucket, specimens)
     daemon = start_daemon(s3_table)
     daemon.drop_manifest("all.txt", "\n".join(digests))
-    wait_until(lambda: _events(daemon, "image.fetched"), "the first fetch")
+    wait_until(lambda: daemon.events("image.fetched"), "the first fetch")
 
     status = daemon.stop()
 

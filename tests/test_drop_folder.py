@@ -17,18 +17,6 @@ from herbsync.digest import calculate_sha256
 MISSING = "e" * 64
 
 
-def _events(daemon, event):
-    found = []
-    for line in daemon.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
 def _herbsync(*arguments, config):
     return subprocess.run(
         [sys.executable, "-m", "herbsync.cli", *arguments, "--config", str(config)],
@@ -95,7 +83,7 @@ class TestDropFolder:
                 time.sleep(0.3)
         report = daemon.wait_settled("slow.txt", 6)
 
-        reads = [event for event in _events(daemon, "manifest.read") if event["manifest"] == "slow.txt"]
+        reads = [event for event in daemon.events("manifest.read") if event["manifest"] == "slow.txt"]
         assert len(reads) == 1
         assert reads[0]["entries"] == 6
         assert report["complete"] is True
@@ -111,7 +99,7 @@ class TestDropFolder:
         daemon.drop_manifest("marker.txt", digests[0])
         daemon.wait_settled("marker.txt", 1)
 
-        assert {event["manifest"] for event in _events(daemon, "manifest.read")} == {"marker.txt"}
+        assert {event["manifest"] for event in daemon.events("manifest.read")} == {"marker.txt"}
 
     def test_delete_withdraws_wants_keeps_images(self, seaweed, bucket, s3_table, specimens, start_daemon):
         """Deleting a manifest withdraws its entries; its images stay in the store."""
@@ -121,7 +109,7 @@ class TestDropFolder:
         daemon.wait_settled("gone.txt", 2)
 
         manifest.unlink()
-        wait_until(lambda: _events(daemon, "manifest.withdrawn"), "the withdrawal")
+        wait_until(lambda: daemon.events("manifest.withdrawn"), "the withdrawal")
 
         wait_until(lambda: daemon.status("gone.txt") is None, "the status report to go")
         status = json.loads(_herbsync("status", "--json", config=daemon.config).stdout)
@@ -146,7 +134,7 @@ class TestDropFolder:
 
         assert report["complete"] is True
         assert second.status("deleted.txt") is None
-        fetched = [event["digest"] for event in _events(second, "image.fetched")]
+        fetched = [event["digest"] for event in second.events("image.fetched")]
         # digests[2] came with the deleted manifest and stays in the store.
         assert fetched == [digests[3]]
 
@@ -163,8 +151,8 @@ class TestDropFolder:
         second.drop_manifest("marker.txt", digests[0])
         second.wait_settled("marker.txt", 1)
 
-        assert _events(second, "image.fetched") == []
-        assert _events(second, "image.adopted") == []
+        assert second.events("image.fetched") == []
+        assert second.events("image.adopted") == []
 
     def test_unverified_store_files_hashed_first(self, seaweed, bucket, s3_table, specimens, start_daemon, tmp_path):
         """A good file copied in by hand is adopted after hashing; a wrong one is quarantined and refetched."""
@@ -181,8 +169,8 @@ class TestDropFolder:
         report = daemon.wait_settled("both.txt", 2)
 
         assert report["complete"] is True
-        assert [event["digest"] for event in _events(daemon, "image.adopted")] == [digests[0]]
-        assert [event["digest"] for event in _events(daemon, "image.fetched")] == [digests[1]]
+        assert [event["digest"] for event in daemon.events("image.adopted")] == [digests[0]]
+        assert [event["digest"] for event in daemon.events("image.fetched")] == [digests[1]]
         assert calculate_sha256(bad) == digests[1]
         quarantined = list((root / "store" / ".quarantine").iterdir())
         assert len(quarantined) == 1
