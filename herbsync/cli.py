@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from herbsync.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.state import DATABASE_NAME, State
 from herbsync.status import manifest_status
+from herbsync.upload import read_report
+
+
+if TYPE_CHECKING:
+    from herbsync.evict import EvictionPlan, EvictionResult
+    from herbsync.verify import VerifyReport
 
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_TIMEOUT = 2
 EXIT_USAGE = 64
+
+# Keys whose values are never printed.
+SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +64,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=None, metavar="SECONDS", help="give up after SECONDS (default: never)"
     )
 
+    config = verbs.add_parser("config", help="check a configuration file")
+    config_verbs = config.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
+    check = config_verbs.add_parser("check", help="validate a file and print the effective settings")
+    _add_config(check)
+    check.add_argument("file", nargs="?", type=Path, help="the file to check (default: --config)")
+
+    put = verbs.add_parser("put", help="upload image files once to the [upload.target] bucket, leaving them in place")
+    _add_config(put)
+    put.add_argument("files", nargs="+", type=Path, metavar="FILE", help="image files to upload")
+    put.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
     fetch = verbs.add_parser("fetch", help="fetch images once, without the daemon")
     _add_config(fetch)
     fetch.add_argument("items", nargs="+", metavar="HASH|URL|MANIFEST", help="hashes, image URLs or manifest files")
     fetch.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+    verify = verbs.add_parser("verify", help="hash stored images now and quarantine those that do not match")
+    _add_config(verify)
+    targets = verify.add_mutually_exclusive_group(required=True)
+    targets.add_argument("--all", action="store_true", help="verify every image in the store")
+    targets.add_argument("digests", nargs="*", default=[], metavar="HASH", help="SHA-256 of an image to verify")
+    verify.add_argument("--workers", type=int, default=2, metavar="N", help="hashing threads (default: 2)")
+    verify.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+
+    gc = verbs.add_parser("gc", help="remove unwanted images until the store fits [store] max_size")
+    _add_config(gc)
+    gc.add_argument("--dry-run", action="store_true", help="list what would be removed and the space freed")
     return parser
 
 
@@ -113,6 +146,49 @@ def command_fetch(arguments: argparse.Namespace) -> int:
     return EXIT_FAILED if report.failures or report.problems else EXIT_OK
 
 
+def _masked(value: Any, key: str = "") -> Any:
+    """Return ``value`` with anything that looks like a secret replaced by asterisks."""
+    if isinstance(value, dict):
+        return {name: _masked(item, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_masked(item, key) for item in value]
+    if any(word in key.lower() for word in SECRET_WORDS):
+        return "********"
+    return value
+
+
+def command_put(arguments: argparse.Namespace) -> int:
+    """Upload files once and print each one's SHA-256 and object key: 0 if all went up, else 1."""
+    from herbsync.upload import put_files
+
+    settings = _settings(arguments.config)
+    if settings.upload is None:
+        msg = f"{arguments.config} has no [upload] section; add [upload.target] with the bucket to upload to"
+        raise ConfigError(msg)
+    target = settings.upload.build_target()
+    results = put_files(arguments.files, target, progress=not arguments.no_progress, options=settings.upload.transfer)
+    return EXIT_OK if len(results) == len(arguments.files) else EXIT_FAILED
+
+
+def command_config(arguments: argparse.Namespace) -> int:
+    """Validate a configuration file and print its effective settings as JSON."""
+    path = arguments.file or arguments.config
+    settings = load_settings(path)
+    effective = {
+        name: str(value) if isinstance(value, Path) else value
+        for name, value in dataclasses.asdict(settings).items()
+    }
+    print(f"{path}: valid")
+    print(json.dumps(_masked(effective), indent=2, default=str))
+    return EXIT_OK
+
+
+def _print_uploads(report: dict[str, Any]) -> None:
+    print(f"uploads from {report.get('inbox')}: {report.get('failed', 0)} failing")
+    for failure in report.get("failures", []):
+        print(f"  upload failed  {failure.get('path')}  {failure.get('kind')}: {failure.get('reason')}")
+
+
 def _print_table(report: dict[str, Any]) -> None:
     print(
         f"{report['manifest']}: {report['entries']} entries, {report['present']} present, "
@@ -143,15 +219,18 @@ def command_status(arguments: argparse.Namespace) -> int:
         totals = state.totals()
     finally:
         state.close()
+    uploads = read_report(settings.state_path) if settings.upload is not None else None
 
     if arguments.json:
-        print(json.dumps({"totals": totals, "manifests": reports}, indent=2))
+        print(json.dumps({"totals": totals, "manifests": reports, "uploads": uploads}, indent=2))
         return EXIT_OK
 
     print(
         f"{totals['wanted']} wanted, {totals['present']} present, "
         f"{totals['pending']} pending, {totals['failed']} failed"
     )
+    if uploads is not None:
+        _print_uploads(uploads)
     for report in reports:
         if report is not None:
             _print_table(report)
@@ -191,11 +270,151 @@ def _read_report(settings: Settings, name: str) -> dict[str, Any] | None:
         state.close()
 
 
+def command_verify(arguments: argparse.Namespace) -> int:
+    """Hash stored images now; exit 1 listing each image that is corrupt, unreadable or missing."""
+    from herbsync._logging import configure_logging
+    from herbsync.digest import extract_sha256_from_url
+    from herbsync.errors import InvalidDigest
+    from herbsync.store import Store
+    from herbsync.verify import verify_store
+
+    settings, _ = _settings_and_max_size(arguments.config)
+    configure_logging(settings.log_format, "warning")
+    if arguments.workers < 1:
+        print(f"herbsync: --workers {arguments.workers} is invalid: expected 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        digests = None if arguments.all else [extract_sha256_from_url(item) for item in arguments.digests]
+    except InvalidDigest as error:
+        print(f"herbsync: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    has_state = (settings.state_path / DATABASE_NAME).exists()
+    state = State(settings.state_path) if has_state else None
+    try:
+        report = verify_store(
+            Store(settings.store_path), state, digests, arguments.workers, progress=not arguments.no_progress
+        )
+    finally:
+        if state is not None:
+            state.close()
+    return _print_verify_report(report)
+
+
+def _print_verify_report(report: VerifyReport) -> int:
+    from herbsync.units import format_size
+
+    for corruption in report.corrupt:
+        where = f"moved to {corruption.quarantine}" if corruption.quarantine else "could not be moved to quarantine"
+        print(f"corrupt {corruption.digest}: {corruption.path} hashes to {corruption.actual}; {where}", file=sys.stderr)
+    for path, error in report.unreadable:
+        print(f"unreadable {path}: {error}", file=sys.stderr)
+    for digest in report.missing:
+        print(f"missing {digest}: not in the store", file=sys.stderr)
+    if report.forgotten:
+        print(f"{len(report.forgotten)} verified images had no file; the daemon fetches them again if wanted")
+    print(
+        f"verified {report.files} files, {format_size(report.bytes)} in {report.seconds:.1f} s: "
+        f"{report.good} good, {len(report.corrupt)} corrupt, {len(report.unreadable)} unreadable, "
+        f"{len(report.missing)} missing"
+    )
+    if report.stopped:
+        print("interrupted: not every file was checked", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _settings_and_max_size(path: Path) -> tuple[Settings, int | None]:
+    """Return the settings and ``[store] max_size`` in bytes, or None when no size limit is set."""
+    import dataclasses
+
+    from herbsync.units import parse_size
+
+    if any(field.name == "max_size" for field in dataclasses.fields(Settings)):
+        settings = load_settings(path)
+        return settings, getattr(settings, "max_size", None)
+
+    # TODO: remove this branch once config.py validates [store] max_size into Settings.max_size.
+    # Until then, max_size is read here and hidden from the validator, which rejects unknown keys.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli as tomllib
+    from herbsync.config import settings_from_dict
+
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        # load_settings raises the error that names the problem.
+        return load_settings(path), None
+    store = document.get("store")
+    value = store.pop("max_size", None) if isinstance(store, dict) else None
+    if value is None:
+        return load_settings(path), None
+    try:
+        settings = settings_from_dict(document, path.resolve().parent, path)
+        return settings, parse_size(value, "store.max_size")
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def command_gc(arguments: argparse.Namespace) -> int:
+    """Remove unwanted images until the store fits; exit 1 if wanted images alone exceed max_size."""
+    from herbsync._logging import configure_logging
+    from herbsync.evict import evict, plan_eviction
+    from herbsync.store import Store
+
+    settings, max_size = _settings_and_max_size(arguments.config)
+    configure_logging(settings.log_format, "warning")
+    if max_size is None:
+        print(f"no [store] max_size is set in {arguments.config}; gc removes nothing")
+        return EXIT_OK
+
+    _open_state(settings).close()
+    state = State(settings.state_path)
+    store = Store(settings.store_path)
+    try:
+        plan = plan_eviction(store, state, max_size)
+        result = None if arguments.dry_run else evict(plan, store, state)
+    finally:
+        state.close()
+    return _print_eviction(plan, result)
+
+
+def _print_eviction(plan: EvictionPlan, result: EvictionResult | None) -> int:
+    from herbsync.units import format_size
+
+    verb = "would remove" if result is None else "removed"
+    if result is None:
+        for entry in plan.removals:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
+            print(f"would remove {entry.path}  {format_size(entry.size)}  last used {used}")
+    files = len(plan.removals) if result is None else result.removed
+    freed = plan.bytes_freed if result is None else result.bytes_freed
+    print(
+        f"{verb} {files} files, freeing {format_size(freed)}: the store goes from "
+        f"{format_size(plan.total_bytes)} to {format_size(plan.total_bytes - freed)}, "
+        f"max_size is {format_size(plan.max_size)}"
+    )
+    if plan.over_capacity:
+        print(
+            f"wanted images alone take {format_size(plan.wanted_bytes)}, more than max_size "
+            f"{format_size(plan.max_size)}; they are never evicted. Raise [store] max_size or withdraw manifests.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 COMMANDS = {
     "run": command_run,
     "status": command_status,
     "wait": command_wait,
     "fetch": command_fetch,
+    "verify": command_verify,
+    "gc": command_gc,
+    "config": command_config,
+    "put": command_put,
 }
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from herbsync.errors import ConfigError
 from herbsync.sources.factory import DEFAULT_S3_CONFIG, build_source
+from herbsync.upload.settings import UploadSettings, upload_settings_from_dict
 
 
 if sys.version_info >= (3, 11):
@@ -32,6 +33,8 @@ _SECTIONS: dict[str, set[str]] = {
     "transfers": {"workers", "attempts", "backoff", "first_retry", "max_retry", "shutdown_grace"},
     "logging": {"format", "level"},
     "metrics": {"address"},
+    # upload_settings_from_dict checks the keys of [upload] itself.
+    "upload": set(),
     "source": set(),
 }
 
@@ -64,6 +67,8 @@ class Settings:
     log_level: str = "info"
     source: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_S3_CONFIG))
     config_path: Path | None = None
+    #: The optional [upload] section, or None when nothing is uploaded.
+    upload: UploadSettings | None = None
 
 
 def _path(table: Mapping[str, Any], key: str, where: str, base: Path, default: Path) -> Path:
@@ -133,6 +138,7 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
     transfers = document.get("transfers", {})
     logging = document.get("logging", {})
     metrics = document.get("metrics", {})
+    upload = document.get("upload")
     source = copy.deepcopy(dict(document.get("source", defaults.source)))
 
     # Building the source checks every key of [source]; it opens nothing.
@@ -159,6 +165,7 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
         log_level=_choice(logging, "level", "logging", "info", ("debug", "info", "warning", "error")),
         source=source,
         config_path=config_path,
+        upload=None if upload is None else upload_settings_from_dict(upload, base),
     )
 
 

@@ -39,6 +39,7 @@ from herbsync.sources.factory import build_source
 from herbsync.state import State
 from herbsync.status import remove_stale_reports, write_status
 from herbsync.store import Store
+from herbsync.upload import Inbox
 
 
 log = structlog.get_logger("herbsync.daemon")
@@ -103,7 +104,22 @@ def _retry_policy(settings: Settings) -> RetryPolicy:
 
 
 # Settings that a reload cannot change: they name what this process has open.
-_RESTART_ONLY = ("store_path", "manifests_path", "state_path", "metrics_address")
+_RESTART_ONLY = ("store_path", "manifests_path", "state_path", "metrics_address", "upload")
+
+
+def _build_inbox(settings: Settings, store: Store) -> Inbox | None:
+    """Return the upload inbox of the [upload] section, or None when it names no inbox."""
+    upload = settings.upload
+    if upload is None or upload.inbox is None:
+        return None
+    return Inbox(
+        upload,
+        upload.build_target(),
+        store,
+        settings.state_path,
+        first_retry=settings.first_retry,
+        max_retry=settings.max_retry,
+    )
 
 
 class Daemon:
@@ -128,6 +144,7 @@ class Daemon:
         self._observer: Observer | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._reload_requested = False
+        self.inbox = _build_inbox(settings, self.store)
 
     def _build_mirror(self, settings: Settings) -> Mirror:
         mirror = Mirror(self.store, self.source, self.state, settings.workers, _retry_policy(settings))
@@ -164,6 +181,10 @@ class Daemon:
         if self.settings.metrics_address:
             self.metrics.serve(self.settings.metrics_address)
 
+        if self.inbox is not None:
+            self.inbox.metrics = self.metrics
+            self.inbox.start()
+
         self.handle_requests_now([Request("rescan")])
         self.notifier.ready(self.summary())
         log.info(
@@ -197,6 +218,9 @@ class Daemon:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()
+        if self.inbox is not None:
+            # A long upload is interrupted by store.aborting after the grace period.
+            self.inbox.stop(grace=self.settings.shutdown_grace)
         self.mirror.close()
         self.write_reports()
         removed = self.store.clean_temporary()
@@ -226,6 +250,8 @@ class Daemon:
                 raise ConfigError("the daemon was started without a configuration file")
             settings = load_settings(path)
             self._apply(settings)
+            if self.inbox is not None:
+                self.inbox.retry_now()
         except ConfigError as error:
             log.error("config.reload_failed", error=str(error), action="fix the file and send SIGHUP again")
         self.handle_requests_now([Request("rescan")])
@@ -270,6 +296,10 @@ class Daemon:
         """Handle every queued request, waiting up to ``timeout`` for the first."""
         self.notifier.ping_watchdog()
         handled = False
+        if self.stopping.is_set():
+            # The wake-up request that stop() queued may already be consumed
+            # by a pass, so never block once stopping.
+            timeout = None
         try:
             request = self.requests.get(timeout=timeout) if timeout else self.requests.get_nowait()
         except queue.Empty:

@@ -1,6 +1,7 @@
 """The state database: what each manifest wants, what is present, what failed.
 
-One SQLite file in WAL mode, written by the daemon's coordinator thread only;
+One SQLite file in WAL mode. The daemon's coordinator thread does most
+writes. Scrub and eviction runs write through connections of their own, and
 readers such as ``herbsync status`` may open it at any time.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -33,6 +34,10 @@ from herbsync.errors import DigestMismatch, SizeMismatch, StoreError, StoreFull,
 TEMPORARY_FOLDER = ".tmp"
 QUARANTINE_FOLDER = ".quarantine"
 
+# Extensions a layout name may carry: no separator, dot or "..", so no name
+# that a source hands over can point outside its ``ab/cd`` folder.
+_LAYOUT_EXTENSION = re.compile(r"[A-Za-z0-9]{1,8}")
+
 
 @dataclass(frozen=True, slots=True)
 class StoredFile:
@@ -42,6 +47,15 @@ class StoredFile:
     digest: str
     extension: str
     size: int
+
+
+def _check_layout_name(digest: str, extension: str) -> None:
+    if not is_digest(digest):
+        msg = f"refusing to store {digest!r}: it is not a lowercase SHA-256 digest"
+        raise StoreError(msg)
+    if _LAYOUT_EXTENSION.fullmatch(extension) is None:
+        msg = f"refusing to store {digest} with extension {extension!r}: expected 1 to 8 letters or digits"
+        raise StoreError(msg)
 
 
 def _fsync_directory(path: Path) -> None:
@@ -171,7 +185,12 @@ class Store:
         origin: str,
         expected_size: int | None = None,
     ) -> StoredFile:
-        """Store verified bytes under the layout path; see ``write_verified``."""
+        """Store verified bytes under the layout path; see ``write_verified``.
+
+        Raises ``StoreError`` before writing anything when ``digest`` or
+        ``extension`` could not form a layout name.
+        """
+        _check_layout_name(digest, extension)
         target = self.path_for(digest, extension)
         size = write_verified(
             target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting

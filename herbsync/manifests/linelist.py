@@ -55,9 +55,8 @@ def parse_line(number: int, text: str) -> Entry | Problem | None:
     if not text:
         return None
 
-    digest = text.lower()
-    if is_digest(digest):
-        return Entry(digest, number)
+    if len(text) == 64 and is_digest(text.lower()):
+        return Entry(text.lower(), number)
 
     if is_url(text):
         return _parse_url_line(number, text)

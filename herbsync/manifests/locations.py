@@ -27,15 +27,18 @@ def extension_of(name: str) -> str | None:
     return valid_extension(extension)
 
 
-def digest_named_by(key: str) -> str | None:
-    """Return the digest that the last component of a key names as ``<sha256>[.ext]``, or None."""
-    stem, _ = split_name(key.rpartition("/")[2])
+def split_image_name(key: str) -> tuple[str | None, str | None]:
+    """Return the digest and normalised extension named by a key's last component ``<sha256>[.ext]``.
+
+    Either part is None when the name does not give it.
+    """
+    stem, extension = split_name(key.rpartition("/")[2])
     digest = stem.lower()
-    return digest if is_digest(digest) else None
+    return (digest if is_digest(digest) else None), valid_extension(extension)
 
 
 def valid_extension(extension: str | None) -> str | None:
-    """Return an extension normalised, or None when it is missing or not 1 to 8 letters and digits."""
+    """Return the extension normalised, or None when it is missing or not 1 to 8 letters and digits."""
     if not extension or _EXTENSION_SHAPE.fullmatch(extension) is None:
         return None
     return normalize_extension(extension)
@@ -51,7 +54,7 @@ def check_key(key: str) -> None:
     if not key:
         raise LocationError("the object key is empty. Give the full key of the image")
 
-    if ".." in _PATH_SEPARATOR.split(key):
+    if ".." in key and ".." in _PATH_SEPARATOR.split(key):
         raise LocationError("the object key contains a '..' path component, which a manifest must not use")
 
     check_text(key)
@@ -82,12 +85,12 @@ def parse_url(url: str) -> tuple[str, str | None, str]:
 
     check_key(key)
 
-    digest = digest_named_by(key)
+    digest, extension = split_image_name(key)
     if digest is None:
         reason = "is a URL whose file name is not <sha256>.<extension>. Link each image by its SHA-256 name"
         raise LocationError(reason)
 
-    return digest, extension_of(key), key
+    return digest, extension, key
 
 
 def _key_of(url: str) -> str:

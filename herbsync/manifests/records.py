@@ -9,8 +9,7 @@ from herbsync.manifests.locations import (
     LocationError,
     check_key,
     check_text,
-    digest_named_by,
-    extension_of,
+    split_image_name,
     valid_extension,
 )
 from herbsync.manifests.model import Entry
@@ -42,8 +41,7 @@ def build_entry(
     extension = None
 
     if key:
-        _check_key_field(key, digest)
-        extension = extension_of(key)
+        extension = _check_key_field(key, digest)
 
     if extension is None and content_type:
         extension = _extension_of_media_type(content_type)
@@ -74,18 +72,18 @@ def _digest_of(sha256: str | None) -> str:
     return digest
 
 
-def _check_key_field(key: str, digest: str) -> None:
+def _check_key_field(key: str, digest: str) -> str | None:
+    """Raise FieldError for an invalid key or one naming another digest, else return its extension."""
     try:
         check_key(key)
     except LocationError as error:
         raise FieldError(f"the path or key {shorten(key, 40)!r} is invalid: {error}") from None
 
     # A key whose file name is not a digest, such as "scans/sheet.png", gives only the extension.
-    named = digest_named_by(key)
+    named, extension = split_image_name(key)
     if named is not None and named != digest:
-        raise FieldError(
-            f"the path or key names SHA-256 {named}, but 'sha256' is {digest}. Make them agree"
-        )
+        raise FieldError(f"the path or key names SHA-256 {named}, but 'sha256' is {digest}. Make them agree")
+    return extension
 
 
 def _extension_of_media_type(content_type: str) -> str | None:

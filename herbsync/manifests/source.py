@@ -22,10 +22,11 @@ HEAD_BYTES = 8 * 1024
 #: Longest accepted line, including its line ending. Longer lines are reported and skipped in chunks.
 MAX_LINE_BYTES = 64 * 1024
 
-#: Share of undecodable characters in the head above which a file counts as binary.
+#: Share of undecodable characters in the head above which a file counts as binary (a heuristic).
+#: Text in an 8-bit encoding such as Latin-1 has one undecodable byte per accented letter, far below it.
 MAX_INVALID_SHARE = 0.3
 
-#: Reason for a line that contains carriage returns, so lines are split only at LF.
+#: Reason for a line with a carriage return inside. Lines are split only at LF, so a CR-only file is one line.
 CARRIAGE_RETURN_HINT = (
     "line contains carriage returns, so the file probably uses old Mac (CR) line endings. "
     "Save it with LF or CRLF line endings"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -12,7 +13,7 @@ from typing import Protocol
 import structlog
 
 from herbsync.digest import normalize_digest
-from herbsync.errors import HerbsyncError
+from herbsync.errors import HerbsyncError, SourceError
 from herbsync.store import StoredFile, write_verified
 
 
@@ -83,6 +84,45 @@ class FetchResult:
     seconds: float
 
 
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# S3 limits: one PUT carries at most 5 GiB, and every part of a multipart
+# upload but the last carries 5 MiB to 5 GiB.
+MAX_SINGLE_PUT = 5 * GIB
+MIN_PART_SIZE = 5 * MIB
+MAX_PART_SIZE = 5 * GIB
+
+
+@dataclass(frozen=True, slots=True)
+class TransferOptions:
+    """Multipart settings of an upload: one PUT up to the threshold, parts above it."""
+
+    #: Files larger than this many bytes go up in a multipart upload.
+    multipart_threshold: int = MAX_SINGLE_PUT
+    #: Bytes per part of a multipart upload (raised when a file needs more than 10,000 parts).
+    part_size: int = 64 * MIB
+
+
+#: Called with the number of bytes read for the upload since the last call.
+ProgressCallback = Callable[[int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    """The outcome of one successful upload."""
+
+    digest: str
+    key: str
+    size: int
+    content_type: str
+    #: False when the object already existed and nothing was written.
+    created: bool
+    seconds: float
+    #: Whether the upload went up in parts.
+    multipart: bool = False
+
+
 class ImageSource(ABC):
     """A place images can be read from by SHA-256 digest.
 
@@ -96,6 +136,9 @@ class ImageSource(ABC):
 
     #: Whether this source is a folder on this host (tried before remote ones).
     is_local = False
+
+    #: Whether ``upload`` can write images to this source.
+    accepts_uploads = False
 
     @abstractmethod
     def describe(self) -> str:
@@ -152,3 +195,17 @@ class ImageSource(ABC):
             )
             return False
         return True
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        options: TransferOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload a file under its SHA-256; sources that accept uploads override this."""
+        msg = f"{self.describe()} does not accept uploads; use an s3 source as the upload target"
+        raise SourceError(msg)
+
+    def upload_image(self, path: str | os.PathLike[str]) -> str:
+        """Upload a file under its SHA-256 and return the digest; see ``upload``."""
+        return self.upload(path).digest

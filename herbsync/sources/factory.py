@@ -27,7 +27,17 @@ DEFAULT_MULTI_CONFIG: dict[str, Any] = {
 
 _KEYS = {
     "local": {"type", "base_path"},
-    "s3": {"type", "bucket", "region", "prefix", "endpoint_url", "anonymous", "max_pool_connections"},
+    "s3": {
+        "type",
+        "bucket",
+        "region",
+        "prefix",
+        "endpoint_url",
+        "anonymous",
+        "max_pool_connections",
+        "connect_timeout",
+        "read_timeout",
+    },
     "multi": {"type", "sources"},
 }
 
@@ -49,6 +59,14 @@ def _check_keys(table: Mapping[str, Any], kind: str, where: str) -> None:
         allowed = ", ".join(sorted(_KEYS[kind]))
         msg = f"{where}: unknown key {unknown[0]!r} for type {kind!r}; allowed keys: {allowed}"
         raise ConfigError(msg)
+
+
+def _seconds(table: Mapping[str, Any], key: str, where: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{where}.{key} = {value!r} is invalid: expected a number of seconds > 0"
+        raise ConfigError(msg)
+    return float(value)
 
 
 def _build_s3(table: Mapping[str, Any], where: str) -> S3ImageSource:
@@ -76,6 +94,8 @@ def _build_s3(table: Mapping[str, Any], where: str) -> S3ImageSource:
         endpoint_url=endpoint_url,
         anonymous=anonymous,
         max_pool_connections=pool,
+        connect_timeout=_seconds(table, "connect_timeout", where, 10.0),
+        read_timeout=_seconds(table, "read_timeout", where, 30.0),
     )
 
 

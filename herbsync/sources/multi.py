@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import structlog
 
 from herbsync.errors import (
@@ -10,7 +12,15 @@ from herbsync.errors import (
     SizeMismatch,
     SourceError,
 )
-from herbsync.sources.base import FetchResult, ImageSource, ImageStream, Sink
+from herbsync.sources.base import (
+    FetchResult,
+    ImageSource,
+    ImageStream,
+    ProgressCallback,
+    Sink,
+    TransferOptions,
+    UploadResult,
+)
 from herbsync.sources.local import LocalImageSource
 
 
@@ -30,6 +40,7 @@ class MultiImageSource(ImageSource):
     def __init__(self, sources: list[ImageSource]) -> None:
         self.sources = list(sources)
         self.is_local = all(source.is_local for source in self.sources)
+        self.accepts_uploads = any(source.accepts_uploads for source in self.sources)
 
     def __repr__(self) -> str:
         return f"MultiImageSource({self.sources!r})"
@@ -44,6 +55,27 @@ class MultiImageSource(ImageSource):
             if isinstance(source, LocalImageSource):
                 return source
         return None
+
+    @property
+    def upload_target(self) -> ImageSource | None:
+        """The first source that accepts uploads, which receives every upload."""
+        for source in self.sources:
+            if source.accepts_uploads:
+                return source
+        return None
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        options: TransferOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload through the first source that accepts uploads (an S3 source with credentials)."""
+        target = self.upload_target
+        if target is None:
+            msg = f"none of {self.describe()} accepts uploads; add an s3 source that is not anonymous"
+            raise SourceError(msg)
+        return target.upload(path, options, progress)
 
     def get_image_path(self, sha256_hash: str) -> str | None:
         for source in self.sources:

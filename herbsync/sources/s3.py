@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -28,7 +30,13 @@ from herbsync.errors import (
     SourceError,
     SourceUnavailable,
 )
-from herbsync.sources.base import ImageSource, ImageStream
+from herbsync.sources.base import (
+    ImageSource,
+    ImageStream,
+    ProgressCallback,
+    TransferOptions,
+    UploadResult,
+)
 
 
 log = structlog.get_logger("herbsync.sources")
@@ -63,6 +71,13 @@ TRANSIENT_CODES = frozenset(
         "504",
     }
 )
+# What may follow ``<digest>.`` in a key that herbsync stores: a plain
+# extension, never a path separator or "..", so a key cannot steer a write.
+_IMAGE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,8}")
+
+# Codes a server returns when an upload's bytes do not match the checksum
+# sent with them: the bytes were corrupted on the way, so a retry can succeed.
+CORRUPTED_UPLOAD_CODES = frozenset({"BadDigest", "XAmzContentSHA256Mismatch"})
 
 
 def map_client_error(error: ClientError, location: str) -> SourceError:
@@ -78,9 +93,50 @@ def map_client_error(error: ClientError, location: str) -> SourceError:
         return AccessDenied(
             f"{location}: access denied ({code}); check the credentials and the bucket policy"
         )
+    if code in CORRUPTED_UPLOAD_CODES:
+        return SourceUnavailable(
+            f"{location}: server rejected the upload ({code}) because the bytes it received "
+            "do not match their SHA-256 checksum; they were corrupted in transit, so try again"
+        )
     if code in TRANSIENT_CODES or status >= 500:
         return SourceUnavailable(f"{location}: server answered {code or status}")
     return SourceError(f"{location}: server answered {code or status}")
+
+
+def log_client_retries(client: Any) -> None:
+    """Log each retry that botocore makes by itself, with the reason for it.
+
+    botocore retries throttling, 5xx answers, timeouts and dropped
+    connections up to 4 times before herbsync sees an error; without this
+    those retries would leave no trace in the log.
+    """
+
+    def remember_reason(request_dict: dict[str, Any], response: Any, caught_exception: Any, **_: Any) -> None:
+        request_dict["context"]["herbsync_retry_reason"] = _retry_reason(response, caught_exception)
+
+    def log_retry(request: Any, operation_name: str, **_: Any) -> None:
+        attempt = request.context.get("retries", {}).get("attempt", 1)
+        if attempt > 1:
+            log.info(
+                "s3.retrying",
+                operation=operation_name,
+                url=request.url,
+                attempt=attempt,
+                reason=request.context.get("herbsync_retry_reason", "unknown"),
+            )
+
+    client.meta.events.register("needs-retry.s3", remember_reason)
+    client.meta.events.register("request-created.s3", log_retry)
+
+
+def _retry_reason(response: Any, caught_exception: Any) -> str:
+    if caught_exception is not None:
+        return str(caught_exception)
+    if response is None:
+        return "no response"
+    http_response, parsed = response
+    code = parsed.get("Error", {}).get("Code", "") if isinstance(parsed, dict) else ""
+    return f"server answered {http_response.status_code} {code}".strip()
 
 
 @contextlib.contextmanager
@@ -119,13 +175,20 @@ class S3ImageSource(ImageSource):
         anonymous: bool = False,
         max_pool_connections: int = 16,
         client: Any = None,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 30.0,
     ) -> None:
         self.bucket = bucket
         self.region = region
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.anonymous = anonymous
+        # Anonymous requests cannot write, so only signed sources take uploads.
+        self.accepts_uploads = not anonymous
         self.max_pool_connections = max_pool_connections
+        #: Seconds to wait for a connection, and for each read from it.
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.base_url = (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
         self.base_url = f"{self.base_url}/{bucket}"
         self._client = client
@@ -153,8 +216,8 @@ class S3ImageSource(ImageSource):
             region_name=self.region,
             max_pool_connections=self.max_pool_connections,
             retries={"max_attempts": 4, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=30,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
             # herbsync hashes every byte with SHA-256 itself, so boto3's own
             # CRC of each response would only cost CPU.
             response_checksum_validation="when_required",
@@ -163,7 +226,9 @@ class S3ImageSource(ImageSource):
             signature_version=UNSIGNED if self.anonymous else None,
         )
         session = boto3.session.Session()
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+        log_client_retries(client)
+        return client
 
     def _custom_endpoint(self) -> str | None:
         """Return the S3-compatible endpoint in use, from the table or boto3's variables."""
@@ -219,11 +284,26 @@ class S3ImageSource(ImageSource):
         """Find an image stored under another extension by listing its key prefix."""
         prefix = self.key_for(digest, "")[:-1] + "."
         with map_errors(f"s3://{self.bucket}/{prefix}*"):
-            answer = self.client.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=10)
-        keys = sorted(item["Key"] for item in answer.get("Contents", []))
-        if not keys:
-            raise ObjectNotFound(f"s3://{self.bucket}/{prefix}* not found")
-        return str(keys[0])
+            # The delimiter folds keys that go on into "subfolders" into one
+            # common prefix, so they cannot crowd image keys out of the page.
+            answer = self.client.list_objects_v2(
+                Bucket=self.bucket, Prefix=prefix, Delimiter="/", MaxKeys=10
+            )
+        keys = sorted(str(item["Key"]) for item in answer.get("Contents", []))
+        keys += sorted(str(item["Prefix"]) for item in answer.get("CommonPrefixes", []))
+        image_keys = [key for key in keys if _IMAGE_EXTENSION.fullmatch(key[len(prefix) :])]
+        if not image_keys:
+            raise ObjectNotFound(self._not_found_message(prefix, keys))
+        return image_keys[0]
+
+    def _not_found_message(self, prefix: str, skipped: list[str]) -> str:
+        message = f"s3://{self.bucket}/{prefix}* not found"
+        if skipped:
+            message += (
+                f"; skipped {len(skipped)} keys such as {skipped[0]!r} because the text after "
+                "the digest is not a plain extension of 1 to 8 letters or digits"
+            )
+        return message
 
     def open_image(self, digest: str, extension: str | None = None) -> ImageStream:
         key = self.key_for(digest, extension or DEFAULT_EXTENSION)
@@ -252,3 +332,24 @@ class S3ImageSource(ImageSource):
                     yield chunk
         finally:
             body.close()
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        options: TransferOptions | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> UploadResult:
+        """Upload a file to ``<prefix>/ab/cd/<sha256>.<ext>``, verified by the server.
+
+        The file is hashed once. One PUT carries the SHA-256 and ``If-None-Match: *``;
+        files above ``options.multipart_threshold`` go up in parts, each with
+        its own SHA-256. An object that already exists under the key counts
+        as uploaded once its size matches. Raises ``FileChanged`` (transient)
+        when the file changes while it is read, ``AccessDenied``,
+        ``SourceUnavailable`` (also for bytes corrupted in transit),
+        ``SourceError``, and ``OSError`` when the file cannot be read.
+        """
+        # Imported here because herbsync.upload imports this module.
+        from herbsync.upload.s3put import upload_file
+
+        return upload_file(self, Path(path), options or TransferOptions(), progress)
