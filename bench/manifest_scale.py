@@ -55,7 +55,8 @@ def ingest(root: Path) -> None:
     state = State(root / "state")
     results = DropFolder(root / "manifests", state).reconcile()
     state.close()
-    print(json.dumps({"changed": [result.changed for result in results], "entries": [r.entries for r in results]}))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"changed": [result.changed for result in results], "peak_mb": peak_mb}))
 
 
 def _child(step: str, root: Path) -> dict[str, float]:
@@ -67,8 +68,8 @@ def _child(step: str, root: Path) -> dict[str, float]:
         check=True,
     )
     seconds = time.monotonic() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "peak_mb": peak, "output": completed.stdout.strip()}
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    return {"seconds": seconds, "peak_mb": report["peak_mb"], "changed": report["changed"]}
 
 
 def _write_config(root: Path) -> Path:
@@ -83,7 +84,7 @@ def _write_config(root: Path) -> Path:
 
 
 def measure_startup(root: Path) -> dict[str, float]:
-    """Start the daemon on the loaded state; time until it has read the folder and is serving."""
+    """Start the daemon on the loaded state; time until it is ready (state checked, folder read)."""
     config = _write_config(root)
     log_path = root / "daemon.log"
     started = time.monotonic()

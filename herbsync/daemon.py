@@ -159,8 +159,6 @@ class Daemon:
         removed = self.store.clean_temporary()
         if removed:
             log.info("store.cleaned", temporary_files=removed)
-        self.audit_present()
-
         self._observer = Observer()
         handler = ManifestEvents(self.settings.manifests_path, self.requests)
         self._observer.schedule(handler, str(self.settings.manifests_path), recursive=False)
@@ -177,6 +175,9 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=30,
         )
+        # The audit stats every verified file, which takes a while on a store
+        # of millions, so it runs after READY on a connection of its own.
+        self._scheduler.add_job(self._audit_in_background, id="audit", max_instances=1)
         self._scheduler.start()
         if self.settings.metrics_address:
             self.metrics.serve(self.settings.metrics_address)
@@ -271,10 +272,24 @@ class Daemon:
 
     # Work ---------------------------------------------------------------
 
-    def audit_present(self) -> None:
-        """Forget verified images whose file is gone or changed since verification."""
+    def _audit_in_background(self) -> None:
+        state = State(self.settings.state_path)
+        try:
+            stale = self.audit_present(state)
+        finally:
+            state.close()
+        if stale:
+            self.requests.put(Request("rescan"))
+
+    def audit_present(self, state: State) -> int:
+        """Forget verified images whose file is gone or changed since verification.
+
+        Returns how many were forgotten; the next pass fetches those still wanted.
+        """
         stale = []
-        for record in self.state.iter_present():
+        for record in state.iter_present():
+            if self.stopping.is_set():
+                break
             path = self.store.path_for(record.digest, record.extension)
             try:
                 info = path.stat()
@@ -284,8 +299,9 @@ class Daemon:
             if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
                 stale.append(record.digest)
         if stale:
-            self.state.forget_present(stale)
-            log.info("store.audited", stale=len(stale))
+            state.forget_present(stale)
+        log.info("store.audited", stale=len(stale))
+        return len(stale)
 
     def handle_requests_now(self, requests: list[Request]) -> None:
         """Handle the given requests at once, on the calling thread."""

@@ -154,6 +154,27 @@ class TestDropFolder:
         assert second.events("image.fetched") == []
         assert second.events("image.adopted") == []
 
+    def test_files_changed_while_stopped_rechecked(self, seaweed, bucket, s3_table, specimens, start_daemon, tmp_path):
+        """At start, a verified file deleted meanwhile is fetched again and a touched one is rehashed."""
+        digests = seaweed.upload_images(bucket, specimens[:3])
+        root = tmp_path / "audit"
+        first = start_daemon(s3_table, root=root)
+        first.drop_manifest("kept.txt", "\n".join(digests))
+        first.wait_settled("kept.txt", 3)
+        first.stop()
+        first.stored(digests[0]).unlink()
+        os.utime(first.stored(digests[1]), (1, 1))
+
+        second = start_daemon(s3_table, root=root)
+        wait_until(lambda: second.events("store.audited"), "the audit")
+        wait_until(lambda: second.events("image.fetched"), "the refetch")
+        report = second.wait_settled("kept.txt", 3)
+
+        assert second.events("store.audited")[0]["stale"] == 2
+        assert [event["digest"] for event in second.events("image.fetched")] == [digests[0]]
+        assert [event["digest"] for event in second.events("image.adopted")] == [digests[1]]
+        assert report["complete"] is True
+
     def test_unverified_store_files_hashed_first(self, seaweed, bucket, s3_table, specimens, start_daemon, tmp_path):
         """A good file copied in by hand is adopted after hashing; a wrong one is quarantined and refetched."""
         digests = seaweed.upload_images(bucket, specimens[:2])

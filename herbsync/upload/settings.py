@@ -10,7 +10,6 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from herbsync.sources.base import (
     TransferOptions,
 )
 from herbsync.sources.factory import build_source
+from herbsync.units import parse_size
 
 
 SECTION = "upload"
@@ -34,21 +34,6 @@ KNOWN_KEYS = frozenset(
     {"inbox", "after", "target", "extensions", "settle_seconds", "multipart_threshold", "part_size"}
 )
 
-# Decimal units (kB, MB, ...) are powers of 1000 and binary units (KiB,
-# MiB, ...) powers of 1024, as in IEC 80000-13. Units are case-insensitive.
-SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_SIZE_TEXT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 _EXTENSION_TEXT = re.compile(r"[a-z0-9]{1,8}")
 
 
@@ -97,39 +82,9 @@ def build_upload_target(table: Mapping[str, Any], where: str = f"{SECTION}.targe
     return source
 
 
-def parse_size(value: object, key: str) -> int:
-    """Return a byte count given as an integer or as text such as ``"64 MB"`` or ``"5 GiB"``."""
-    if isinstance(value, bool):
-        raise _invalid(key, value, "a size in bytes, such as 67108864 or \"64 MiB\"")
-    if isinstance(value, int):
-        number = Decimal(value)
-    elif isinstance(value, float) and value.is_integer():
-        number = Decimal(int(value))
-    elif isinstance(value, str):
-        number = _size_of_text(value, key)
-    else:
-        raise _invalid(key, value, "a size in bytes, such as 67108864 or \"64 MiB\"")
-
-    if number < 0 or number != number.to_integral_value():
-        raise _invalid(key, value, "a whole number of bytes >= 0")
-    return int(number)
-
-
-def _size_of_text(text: str, key: str) -> Decimal:
-    match = _SIZE_TEXT.fullmatch(text)
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in SIZE_UNITS:
-        units = "B, kB, MB, GB, TB, KiB, MiB, GiB or TiB"
-        raise _invalid(key, text, f"a number with an optional unit ({units}), such as \"64 MiB\"")
-    try:
-        return Decimal(match.group(1)) * SIZE_UNITS[unit]
-    except InvalidOperation:
-        raise _invalid(key, text, "a size such as \"64 MiB\"") from None
-
-
 def _bounded_size(table: Mapping[str, Any], key: str, default: int, minimum: int, maximum: int) -> int:
     value = table.get(key, default)
-    size = parse_size(value, key)
+    size = parse_size(value, f"{SECTION}.{key}")
     if not minimum <= size <= maximum:
         raise _invalid(key, value, f"a size from {minimum} to {maximum} bytes")
     return size
