@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from herbsync.config import DEFAULT_CONFIG_PATH, Settings, load_settings
 from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.state import DATABASE_NAME, State
-from herbsync.status import manifest_status
+from herbsync.status import manifest_status, read_store_report
 from herbsync.upload import read_report
 
 
@@ -220,9 +220,10 @@ def command_status(arguments: argparse.Namespace) -> int:
     finally:
         state.close()
     uploads = read_report(settings.state_path) if settings.upload is not None else None
+    store = read_store_report(settings.state_path) if settings.max_size is not None else None
 
     if arguments.json:
-        print(json.dumps({"totals": totals, "manifests": reports, "uploads": uploads}, indent=2))
+        print(json.dumps({"totals": totals, "manifests": reports, "uploads": uploads, "store": store}, indent=2))
         return EXIT_OK
 
     print(
@@ -231,6 +232,11 @@ def command_status(arguments: argparse.Namespace) -> int:
     )
     if uploads is not None:
         _print_uploads(uploads)
+    if store is not None and store.get("over_capacity"):
+        print(
+            f"store over capacity: wanted images take {store['wanted_bytes']} bytes, "
+            f"more than [store] max_size = {store['max_size']}; nothing wanted is evicted, raise the cap or free disk"
+        )
     for report in reports:
         if report is not None:
             _print_table(report)
@@ -312,7 +318,10 @@ def _print_verify_report(report: VerifyReport) -> int:
     for digest in report.missing:
         print(f"missing {digest}: not in the store", file=sys.stderr)
     if report.forgotten:
-        print(f"{len(report.forgotten)} verified images had no file; the daemon fetches them again if wanted")
+        print(
+            f"{len(report.forgotten)} verified images had no file, so their records were dropped; "
+            "the daemon fetches them again if a manifest wants them"
+        )
     print(
         f"verified {report.files} files, {format_size(report.bytes)} in {report.seconds:.1f} s: "
         f"{report.good} good, {len(report.corrupt)} corrupt, {len(report.unreadable)} unreadable, "
@@ -326,36 +335,8 @@ def _print_verify_report(report: VerifyReport) -> int:
 
 def _settings_and_max_size(path: Path) -> tuple[Settings, int | None]:
     """Return the settings and ``[store] max_size`` in bytes, or None when no size limit is set."""
-    import dataclasses
-
-    from herbsync.units import parse_size
-
-    if any(field.name == "max_size" for field in dataclasses.fields(Settings)):
-        settings = load_settings(path)
-        return settings, getattr(settings, "max_size", None)
-
-    # TODO: remove this branch once config.py validates [store] max_size into Settings.max_size.
-    # Until then, max_size is read here and hidden from the validator, which rejects unknown keys.
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib
-    from herbsync.config import settings_from_dict
-
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        # load_settings raises the error that names the problem.
-        return load_settings(path), None
-    store = document.get("store")
-    value = store.pop("max_size", None) if isinstance(store, dict) else None
-    if value is None:
-        return load_settings(path), None
-    try:
-        settings = settings_from_dict(document, path.resolve().parent, path)
-        return settings, parse_size(value, "store.max_size")
-    except ConfigError as error:
-        raise ConfigError(f"{path}: {error}") from None
+    settings = load_settings(path)
+    return settings, settings.max_size
 
 
 def command_gc(arguments: argparse.Namespace) -> int:
@@ -384,18 +365,24 @@ def command_gc(arguments: argparse.Namespace) -> int:
 def _print_eviction(plan: EvictionPlan, result: EvictionResult | None) -> int:
     from herbsync.units import format_size
 
-    verb = "would remove" if result is None else "removed"
+    before = format_size(plan.total_bytes)
+    limit = format_size(plan.max_size)
     if result is None:
         for entry in plan.removals:
             used = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.last_used))
             print(f"would remove {entry.path}  {format_size(entry.size)}  last used {used}")
-    files = len(plan.removals) if result is None else result.removed
-    freed = plan.bytes_freed if result is None else result.bytes_freed
-    print(
-        f"{verb} {files} files, freeing {format_size(freed)}: the store goes from "
-        f"{format_size(plan.total_bytes)} to {format_size(plan.total_bytes - freed)}, "
-        f"max_size is {format_size(plan.max_size)}"
-    )
+        print(
+            f"would remove {_files(len(plan.removals))}, freeing {format_size(plan.bytes_freed)}: "
+            f"the store would go from {before} to {format_size(plan.total_after)}; max_size is {limit}"
+        )
+    else:
+        print(
+            f"removed {_files(result.removed)}, freeing {format_size(result.bytes_freed)}: "
+            f"the store went from {before} to {format_size(result.total_bytes)}; max_size is {limit}"
+        )
+    if result is not None and result.failed:
+        print(f"{_files(result.failed)} could not be removed; the log names each error", file=sys.stderr)
+        return EXIT_FAILED
     if plan.over_capacity:
         print(
             f"wanted images alone take {format_size(plan.wanted_bytes)}, more than max_size "
@@ -404,6 +391,10 @@ def _print_eviction(plan: EvictionPlan, result: EvictionResult | None) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _files(count: int) -> str:
+    return f"{count} file" if count == 1 else f"{count} files"
 
 
 COMMANDS = {

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from herbsync.errors import ConfigError
+from herbsync.evict import max_size_from_table
+from herbsync.scrub import SCRUB_KEYS, ScrubSettings, scrub_settings_from_table
 from herbsync.sources.factory import DEFAULT_S3_CONFIG, build_source
 from herbsync.upload.settings import UploadSettings, upload_settings_from_dict
 
@@ -27,12 +29,13 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 DEFAULT_CONFIG_PATH = Path("/etc/herbsync/herbsync.toml")
 
 _SECTIONS: dict[str, set[str]] = {
-    "store": {"path"},
+    "store": {"path", "max_size", "evict_interval"},
     "manifests": {"path", "rescan_interval"},
     "state": {"path"},
     "transfers": {"workers", "attempts", "backoff", "first_retry", "max_retry", "shutdown_grace"},
     "logging": {"format", "level"},
     "metrics": {"address"},
+    "scrub": set(SCRUB_KEYS),
     # upload_settings_from_dict checks the keys of [upload] itself.
     "upload": set(),
     "source": set(),
@@ -67,6 +70,11 @@ class Settings:
     log_level: str = "info"
     source: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_S3_CONFIG))
     config_path: Path | None = None
+    #: Largest size of the store in bytes; unwanted images are evicted beyond it. None: no cap.
+    max_size: int | None = None
+    #: Seconds between eviction runs, when ``max_size`` is set.
+    evict_interval: float = 600.0
+    scrub: ScrubSettings = field(default_factory=ScrubSettings)
     #: The optional [upload] section, or None when nothing is uploaded.
     upload: UploadSettings | None = None
 
@@ -166,6 +174,9 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
         source=source,
         config_path=config_path,
         upload=None if upload is None else upload_settings_from_dict(upload, base),
+        max_size=max_size_from_table(store),
+        evict_interval=float(_number(store, "evict_interval", "store", defaults.evict_interval, 1)),
+        scrub=scrub_settings_from_table(document.get("scrub", {})),
     )
 
 

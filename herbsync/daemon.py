@@ -7,12 +7,14 @@ full rescan catches any file event that was lost.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -31,13 +33,15 @@ from watchdog.observers import Observer
 from herbsync.config import Settings, load_settings
 from herbsync.drop_folder import DropFolder, is_manifest_name
 from herbsync.errors import ConfigError
+from herbsync.evict import EvictionResult, Evictor
 from herbsync.lock import StoreLock
 from herbsync.metrics import Metrics
 from herbsync.mirror import Mirror, RetryPolicy
 from herbsync.notify import Notifier
+from herbsync.scrub import Scrubber
 from herbsync.sources.factory import build_source
 from herbsync.state import State
-from herbsync.status import remove_stale_reports, write_status
+from herbsync.status import remove_stale_reports, write_status, write_store_report
 from herbsync.store import Store
 from herbsync.upload import Inbox
 
@@ -104,7 +108,16 @@ def _retry_policy(settings: Settings) -> RetryPolicy:
 
 
 # Settings that a reload cannot change: they name what this process has open.
-_RESTART_ONLY = ("store_path", "manifests_path", "state_path", "metrics_address", "upload")
+_RESTART_ONLY = (
+    "store_path",
+    "manifests_path",
+    "state_path",
+    "metrics_address",
+    "upload",
+    "max_size",
+    "evict_interval",
+    "scrub",
+)
 
 
 def _build_inbox(settings: Settings, store: Store) -> Inbox | None:
@@ -145,6 +158,17 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._reload_requested = False
         self.inbox = _build_inbox(settings, self.store)
+        self.scrubber = Scrubber(
+            self.store,
+            settings.state_path,
+            settings.scrub.pace,
+            on_corrupt=self._on_corrupt,
+            workers=settings.scrub.workers,
+        )
+        self.evictor = (
+            Evictor(self.store, settings.state_path, settings.max_size) if settings.max_size is not None else None
+        )
+        self.last_eviction: EvictionResult | None = None
 
     def _build_mirror(self, settings: Settings) -> Mirror:
         mirror = Mirror(self.store, self.source, self.state, settings.workers, _retry_policy(settings))
@@ -178,6 +202,7 @@ class Daemon:
         # The audit stats every verified file, which takes a while on a store
         # of millions, so it runs after READY on a connection of its own.
         self._scheduler.add_job(self._audit_in_background, id="audit", max_instances=1)
+        self._add_upkeep_jobs(self._scheduler)
         self._scheduler.start()
         if self.settings.metrics_address:
             self.metrics.serve(self.settings.metrics_address)
@@ -198,6 +223,47 @@ class Daemon:
             metrics=self.settings.metrics_address,
             pid=os.getpid(),
         )
+
+    def _add_upkeep_jobs(self, scheduler: BackgroundScheduler) -> None:
+        """Schedule the scrub and, with a size cap, eviction; neither overlaps itself."""
+        scrub = self.settings.scrub
+        if scrub.enabled:
+            scheduler.add_job(
+                self._scrub,
+                "interval",
+                seconds=scrub.interval,
+                id="scrub",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=int(scrub.interval),
+            )
+        if self.evictor is not None:
+            scheduler.add_job(
+                self._evict,
+                "interval",
+                seconds=self.settings.evict_interval,
+                id="evict",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=int(self.settings.evict_interval),
+                next_run_time=datetime.now(),
+            )
+
+    def _scrub(self) -> None:
+        result = self.scrubber.run_for(self.settings.scrub.interval, self.stopping)
+        self.metrics.scrubbed_files.inc(result.files)
+        self.metrics.scrubbed_bytes.inc(result.bytes)
+
+    def _on_corrupt(self, digest: str) -> None:
+        self.metrics.corrupt_files.inc()
+        self.requests.put(Request("wake"))
+
+    def _evict(self) -> None:
+        assert self.evictor is not None
+        result = self.evictor.run_once(self.stopping)
+        self.last_eviction = result
+        if not result.skipped:
+            write_store_report(self.settings.state_path, dataclasses.asdict(result))
 
     def stop(self) -> None:
         """Stop taking new work; running transfers get the grace period.

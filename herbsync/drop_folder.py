@@ -21,6 +21,7 @@ import structlog
 
 from herbsync.digest import CHUNK_SIZE
 from herbsync.manifests import Entry, Problem, read_manifest
+from herbsync.manifests.source import open_regular_file
 from herbsync.state import ManifestRecord, State
 
 
@@ -33,12 +34,43 @@ MAX_KEPT_PROBLEMS = 1000
 # Invalid lines logged one by one per manifest; the rest are summarised.
 MAX_LOGGED_PROBLEMS = 20
 
+# Each manifest's status report is "<name>.json", and Linux file systems
+# allow at most 255 bytes in a file name.
+MAX_NAME_BYTES = 255 - len(".json")
+
 
 def is_manifest_name(name: str) -> bool:
-    """Return whether a file name is one the daemon reads (not hidden or temporary)."""
-    if not name or name.startswith("."):
-        return False
-    return not name.endswith(IGNORED_SUFFIXES)
+    """Return whether a file name is one the daemon reads.
+
+    It must not be hidden or temporary, and ``name_problem`` must find
+    nothing wrong with it, so that file events for unusable names are
+    dropped before they reach the state database.
+    """
+    return not _is_hidden_or_temporary(name) and name_problem(name) is None
+
+
+def _is_hidden_or_temporary(name: str) -> bool:
+    return not name or name.startswith(".") or name.endswith(IGNORED_SUFFIXES)
+
+
+def name_problem(name: str) -> str | None:
+    """Return why a manifest's file name cannot be used, or None when it can.
+
+    The name becomes a key in the state database (UTF-8 text) and the name
+    of the status report, so it must be valid UTF-8 and short enough.
+    """
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename the file"
+    if len(encoded) > MAX_NAME_BYTES:
+        return f"file name is longer than {MAX_NAME_BYTES} bytes, too long for its status report; rename the file"
+    return None
+
+
+def printable(name: str) -> str:
+    """Return a file name with its bytes that are not UTF-8 shown as ``\\xNN`` escapes, safe to log."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -56,10 +88,22 @@ class ReadResult:
 
 def _content_sha256(path: Path) -> str:
     hasher = hashlib.sha256()
-    with open(path, "rb") as stream:
+    with open_regular_file(path, follow_symlinks=False) as stream:
         while chunk := stream.read(CHUNK_SIZE):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 class ProblemCollector:
@@ -110,20 +154,26 @@ class DropFolder:
             return []
         names = []
         for entry in entries:
-            if not is_manifest_name(entry.name):
+            if _is_hidden_or_temporary(entry.name):
                 continue
-            if entry.is_file(follow_symlinks=False):
+            if not entry.is_file(follow_symlinks=False):
+                self._report_not_regular(entry.name, entry.stat(follow_symlinks=False).st_mode)
+            elif self._usable_name(entry.name):
                 names.append(entry.name)
-            else:
-                self._report_not_regular(entry.name)
         return sorted(names)
 
-    def _report_not_regular(self, name: str) -> None:
+    def _report_not_regular(self, name: str, mode: int) -> None:
         log.warning(
             "manifest.skipped",
-            manifest=name,
-            reason="not a regular file (symbolic link, FIFO or folder); move the real file into the folder",
+            manifest=printable(name),
+            reason=f"{_file_kind(mode)}, not a regular file; move the real file into the folder",
         )
+
+    def _usable_name(self, name: str) -> bool:
+        problem = name_problem(name)
+        if problem is not None:
+            log.warning("manifest.skipped", manifest=printable(name), reason=problem)
+        return problem is None
 
     def reconcile(self) -> list[ReadResult]:
         """Read new and changed manifests and withdraw deleted ones."""
@@ -137,7 +187,9 @@ class DropFolder:
         return [result for result in results if result is not None]
 
     def read(self, name: str) -> ReadResult | None:
-        """Read one manifest into the state if it changed; None if it is gone."""
+        """Read one manifest into the state if it changed; None if it is gone or unusable."""
+        if not self._usable_name(name):
+            return None
         path = self.path / name
         try:
             info = os.lstat(path)
@@ -145,7 +197,7 @@ class DropFolder:
             self.withdraw(name)
             return None
         if not stat.S_ISREG(info.st_mode):
-            self._report_not_regular(name)
+            self._report_not_regular(name, info.st_mode)
             return None
 
         try:
@@ -156,7 +208,7 @@ class DropFolder:
                 manifest=name,
                 path=str(path),
                 error=error.strerror or str(error),
-                action="fix the file's permissions; its previous entries stay wanted",
+                action="make it a regular file the daemon may read; its previous entries stay wanted",
             )
             return None
 
@@ -173,7 +225,7 @@ class DropFolder:
         collector = ProblemCollector(name)
         placeholder = ManifestRecord(name, info.st_size, info.st_mtime_ns, content_sha256, [], 0)
         added, removed = self.state.replace_manifest(
-            placeholder, collector.entries_of(read_manifest(path))
+            placeholder, collector.entries_of(read_manifest(path, follow_symlinks=False))
         )
         record = ManifestRecord(
             name, info.st_size, info.st_mtime_ns, content_sha256, collector.problems, collector.problem_count

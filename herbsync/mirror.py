@@ -9,6 +9,7 @@ write, so SQLite sees one writer.
 from __future__ import annotations
 
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -239,7 +240,23 @@ class Mirror:
         while in_flight:
             in_flight = self._record_done(in_flight, result)
         result.seconds = time.monotonic() - started
+        if result.store_full:
+            self._report_store_full(result)
         return result
+
+    def _report_store_full(self, result: PassResult) -> None:
+        """Log once per pass that the store's filesystem is full and the pass stopped early."""
+        try:
+            free_bytes: int | None = shutil.disk_usage(self.store.root).free
+        except OSError:
+            free_bytes = None
+        log.error(
+            "store.full",
+            store=str(self.store.root),
+            free_bytes=free_bytes,
+            failed=result.failed,
+            action="free space on the store's filesystem; herbsync retries by itself",
+        )
 
     def _record_done(self, in_flight: set[Future[Outcome]], result: PassResult) -> set[Future[Outcome]]:
         done, remaining = wait(in_flight, timeout=0.5, return_when=FIRST_COMPLETED)

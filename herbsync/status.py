@@ -78,3 +78,28 @@ def remove_stale_reports(state: State) -> None:
     for path in folder.glob("*.json"):
         if path.name[: -len(".json")] not in known:
             path.unlink(missing_ok=True)
+
+
+STORE_REPORT = "store-status.json"
+
+
+def write_store_report(state_folder: Path, report: dict[str, Any]) -> None:
+    """Write the store's size report (cap, sizes, over-capacity flag) for ``herbsync status``."""
+    target = state_folder / STORE_REPORT
+    descriptor, temporary = tempfile.mkstemp(dir=state_folder, prefix=".store-status-")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+            json.dump({**report, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, stream, indent=2)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_store_report(state_folder: Path) -> dict[str, Any] | None:
+    """Return the last store size report, or None if there is none."""
+    try:
+        report = json.loads((state_folder / STORE_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) else None

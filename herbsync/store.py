@@ -51,10 +51,10 @@ class StoredFile:
 
 def _check_layout_name(digest: str, extension: str) -> None:
     if not is_digest(digest):
-        msg = f"refusing to store {digest!r}: it is not a lowercase SHA-256 digest"
+        msg = f"cannot store {digest!r}: it is not a lowercase SHA-256 digest"
         raise StoreError(msg)
     if _LAYOUT_EXTENSION.fullmatch(extension) is None:
-        msg = f"refusing to store {digest} with extension {extension!r}: expected 1 to 8 letters or digits"
+        msg = f"cannot store {digest} with extension {extension!r}: expected 1 to 8 letters or digits"
         raise StoreError(msg)
 
 

@@ -298,7 +298,7 @@ def verify_files(
     return report
 
 
-def _progress_bar(files: list[StoredFile], progress: bool) -> tqdm:  # type: ignore[type-arg]
+def _progress_bar(files: list[StoredFile], progress: bool) -> tqdm:
     return tqdm(
         total=sum(stored.size for stored in files),
         unit="B",

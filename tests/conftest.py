@@ -121,15 +121,17 @@ class DaemonProcess:
         self.state = root / "state"
         # One log per process, so a restarted daemon's events stand apart.
         self.log_path = root / f"daemon-{len(list(root.glob('daemon-*.log')))}.log"
-        config = {
+        config: dict[str, dict[str, Any]] = {
             "store": {"path": str(self.store)},
             "manifests": {"path": str(self.manifests)},
             "state": {"path": str(self.state)},
             "transfers": {"workers": 4, "backoff": 0.05, "first_retry": 0.5},
             "logging": {"format": "json"},
-            **sections,
-            "source": source,
         }
+        # A test's section adds to these defaults rather than replacing them.
+        for name, table in sections.items():
+            config[name] = {**config.get(name, {}), **table}
+        config["source"] = source
         self.config = write_config(root / "herbsync.toml", config)
         self.process: subprocess.Popen[bytes] | None = None
         self.environment = {**os.environ, **TEST_KEYS, **(environment or {})}

@@ -26,7 +26,7 @@ from herbsync.manifests.tomlfile import TomlError, load_document, read_toml
 MAX_PROBLEMS = 1000
 
 
-def read_manifest(path: Path) -> Iterator[Entry | Problem]:
+def read_manifest(path: Path, follow_symlinks: bool = True) -> Iterator[Entry | Problem]:
     """Yield an Entry for each image a manifest requests and a Problem for each bad part.
 
     The file is read as a stream, gzip is decompressed on the fly, and the
@@ -34,10 +34,11 @@ def read_manifest(path: Path) -> Iterator[Entry | Problem]:
     Items come in file order, and a digest listed twice is yielded twice.
     Invalid content does not raise: it becomes a Problem, and valid lines are
     still yielded. Only OSError from opening or reading the file propagates,
-    when iteration starts or continues.
+    when iteration starts or continues: also for a path that is not a
+    regular file, or is a symbolic link when ``follow_symlinks`` is false.
     """
     name = shorten(path.name)
-    with open_manifest(path) as stream:
+    with open_manifest(path, follow_symlinks) as stream:
         yield from _bounded(name, _parse_guarded(name, stream))
 
 

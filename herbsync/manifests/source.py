@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import errno
 import gzip
+import os
+import stat
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,13 +39,42 @@ CARRIAGE_RETURN_HINT = (
 CORRUPT_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
+def open_regular_file(path: Path, follow_symlinks: bool = True) -> BinaryIO:
+    """Open a regular file for binary reading; raise OSError for anything else.
+
+    The file is opened without blocking and checked once open, so a FIFO
+    or device raises at once instead of blocking or reading forever, even
+    when it replaced a regular file after the caller checked the path.
+    Without ``follow_symlinks``, a symbolic link raises too.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP and not follow_symlinks:
+            raise OSError(errno.ELOOP, "is a symbolic link, not a regular file", str(path)) from None
+        raise
+
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO, device or folder)", str(path))
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 @contextmanager
-def open_manifest(path: Path) -> Iterator[BinaryIO]:
+def open_manifest(path: Path, follow_symlinks: bool = True) -> Iterator[BinaryIO]:
     """Open a manifest for binary reading, decompressing it when it starts with the gzip magic.
 
-    The returned stream is seekable. OSError from opening the file propagates.
+    The returned stream is seekable. OSError from opening the file propagates,
+    also when it is not a regular file; see ``open_regular_file``.
     """
-    with open(path, "rb") as file:
+    with open_regular_file(path, follow_symlinks) as file:
         magic = file.read(len(GZIP_MAGIC))
         file.seek(0)
         if magic != GZIP_MAGIC:
@@ -58,19 +90,16 @@ def binary_reason(head: bytes) -> str | None:
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return "binary file, not a manifest: it is UTF-16 text. Save it as UTF-8"
 
-    if b"\x00" in head:
-        return (
-            f"binary file, not a manifest: its first {len(head)} bytes contain NUL bytes. "
-            "A manifest lists SHA-256 digests as text"
-        )
-
+    # NUL bytes count as invalid characters, not as proof of a binary file:
+    # a text manifest with a few stray NULs (as a crash can leave) keeps its
+    # valid lines, and iter_lines reports the lines that contain them.
     text = head.decode("utf-8", "replace")
-    invalid = text.count("\ufffd")
+    invalid = text.count("\ufffd") + text.count("\x00")
     if text and invalid / len(text) > MAX_INVALID_SHARE:
         percent = round(100 * invalid / len(text))
         return (
             f"binary file, not a manifest: {percent}% of its first {len(head)} bytes "
-            "are not UTF-8 text. A manifest lists SHA-256 digests as text"
+            "are NUL bytes or not UTF-8 text. A manifest lists SHA-256 digests as text"
         )
     return None
 
@@ -81,7 +110,8 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
     Text keeps its line ending, and a UTF-8 byte order mark on line 1 is removed.
     A line that does not fit in ``MAX_LINE_BYTES`` with its line ending is
     reported and skipped in chunks, so memory stays bounded even for a file
-    without newlines. A line that is not valid UTF-8 is reported and skipped.
+    without newlines. A line that contains NUL bytes or is not valid UTF-8 is
+    reported and skipped.
     """
     readline = stream.readline
     number = 0
@@ -92,6 +122,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, str] | Problem]:
         if len(raw) == MAX_LINE_BYTES and raw[-1] != 0x0A:
             _skip_rest_of_line(stream)
             yield _long_line_problem(number, raw)
+            continue
+
+        if b"\x00" in raw:
+            yield _nul_line_problem(number, raw)
             continue
 
         try:
@@ -121,6 +155,12 @@ def _long_line_problem(number: int, raw: bytes) -> Problem:
         "sha256sum line or URL. Put one entry on each line"
     )
     return Problem(number, shorten(start), reason)
+
+
+def _nul_line_problem(number: int, raw: bytes) -> Problem:
+    text = raw.replace(b"\x00", b"").decode("utf-8", "replace").strip()
+    reason = "line contains NUL bytes, which text never has. Remove them or write the manifest again"
+    return Problem(number, shorten(text), reason)
 
 
 def _undecodable_line_problem(number: int, raw: bytes, error: UnicodeDecodeError) -> Problem:

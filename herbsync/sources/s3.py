@@ -71,8 +71,8 @@ TRANSIENT_CODES = frozenset(
         "504",
     }
 )
-# What may follow ``<digest>.`` in a key that herbsync stores: a plain
-# extension, never a path separator or "..", so a key cannot steer a write.
+# Pattern of the text after ``<digest>.`` in a key that herbsync stores: a
+# plain extension, never a path separator or "..", so a key cannot steer a write.
 _IMAGE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,8}")
 
 # Codes a server returns when an upload's bytes do not match the checksum
@@ -106,9 +106,9 @@ def map_client_error(error: ClientError, location: str) -> SourceError:
 def log_client_retries(client: Any) -> None:
     """Log each retry that botocore makes by itself, with the reason for it.
 
-    botocore retries throttling, 5xx answers, timeouts and dropped
-    connections up to 4 times before herbsync sees an error; without this
-    those retries would leave no trace in the log.
+    botocore retries throttling, 5xx responses, timeouts and dropped
+    connections up to 4 times before herbsync gets an error. Without this
+    handler those retries would leave no trace in the log.
     """
 
     def remember_reason(request_dict: dict[str, Any], response: Any, caught_exception: Any, **_: Any) -> None:
@@ -136,7 +136,7 @@ def _retry_reason(response: Any, caught_exception: Any) -> str:
         return "no response"
     http_response, parsed = response
     code = parsed.get("Error", {}).get("Code", "") if isinstance(parsed, dict) else ""
-    return f"server answered {http_response.status_code} {code}".strip()
+    return f"server returned {http_response.status_code} {code}".strip()
 
 
 @contextlib.contextmanager
