@@ -183,6 +183,7 @@ class Daemon:
         removed = self.store.clean_temporary()
         if removed:
             log.info("store.cleaned", temporary_files=removed)
+        self.source.prepare(self.settings.workers)
         self._observer = Observer()
         handler = ManifestEvents(self.settings.manifests_path, self.requests)
         self._observer.schedule(handler, str(self.settings.manifests_path), recursive=False)
@@ -329,6 +330,7 @@ class Daemon:
         if ignored:
             log.warning("config.restart_needed", settings=ignored)
         source = build_source(settings.source)
+        source.prepare(settings.workers)
         self.mirror.close()
         self.source = source
         self.mirror = self._build_mirror(settings)

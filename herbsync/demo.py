@@ -36,8 +36,6 @@ path = "{root / 'store'}"
 path = "{root / 'manifests'}"
 [state]
 path = "{root / 'state'}"
-[transfers]
-workers = 8
 [logging]
 format = "json"
 [source]

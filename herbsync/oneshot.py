@@ -61,7 +61,9 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
     state = State(settings.state_path)
     store = Store(settings.store_path)
     policy = RetryPolicy(attempts=settings.attempts, backoff=settings.backoff)
-    mirror = Mirror(store, build_source(settings.source), state, settings.workers, policy)
+    source = build_source(settings.source)
+    source.prepare(settings.workers)
+    mirror = Mirror(store, source, state, settings.workers, policy)
     name = f".fetch-{os.getpid()}"
 
     try:

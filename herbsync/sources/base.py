@@ -140,6 +140,13 @@ class ImageSource(ABC):
     #: Whether ``upload`` can write images to this source.
     accepts_uploads = False
 
+    def prepare(self, concurrency: int = 1) -> None:
+        """Get ready for ``concurrency`` parallel transfers before the first one starts.
+
+        Sources that open connections build their clients here, so the first
+        fetch does not pay for it while other workers wait.
+        """
+
     @abstractmethod
     def describe(self) -> str:
         """Return a short description for logs, such as ``s3://bucket/images``."""

@@ -48,6 +48,10 @@ class MultiImageSource(ImageSource):
     def describe(self) -> str:
         return " > ".join(source.describe() for source in self.sources)
 
+    def prepare(self, concurrency: int = 1) -> None:
+        for source in self.sources:
+            source.prepare(concurrency)
+
     @property
     def cache(self) -> LocalImageSource | None:
         """The first local source, which receives images fetched from remote ones."""

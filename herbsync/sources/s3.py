@@ -200,6 +200,13 @@ class S3ImageSource(ImageSource):
     def describe(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
 
+    def prepare(self, concurrency: int = 1) -> None:
+        """Build the client now, with a connection pool for ``concurrency`` transfers."""
+        with self._client_lock:
+            if self._client is None:
+                self.max_pool_connections = max(self.max_pool_connections, concurrency)
+        _ = self.client
+
     @property
     def client(self) -> Any:
         """The boto3 S3 client, built on first use."""
