@@ -18,9 +18,9 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class RepeatLimiter:
     """A structlog processor that drops repeats of an identical warning or error.
 
-    Events with the same name and the same error or reason text are passed
-    once per ``window`` seconds; the next one that passes carries
-    ``repeated``, the number dropped in between.
+    Events with the same name and the same error or reason text pass once
+    per ``window`` seconds. The next one that passes carries ``repeated``,
+    the number dropped in between.
     """
 
     LEVELS = frozenset({"warning", "error", "critical"})

@@ -58,7 +58,7 @@ class Settings:
     backoff: float = 0.5
     #: Seconds before a failed image is retried in a later pass.
     first_retry: float = 60.0
-    #: Longest wait, in seconds, between retries of a failed image.
+    #: Maximum wait, in seconds, between retries of a failed image.
     max_retry: float = 86_400.0
     #: Seconds that running transfers may take to finish after SIGTERM.
     shutdown_grace: float = 30.0

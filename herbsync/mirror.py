@@ -2,8 +2,8 @@
 
 A pass reads the due wanted images from the state database in digest order,
 fetches them on a bounded thread pool, and records each outcome. Worker
-threads only fetch and hash; the thread that runs the pass does every state
-write, so SQLite sees one writer.
+threads only fetch and hash. The thread that runs the pass makes every write
+on the daemon's database connection, so that connection has one user.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class RetryPolicy:
     backoff: float = 0.5
     #: Seconds before the first retry in a later pass.
     first_retry: float = 60.0
-    #: Longest wait between retries in later passes.
+    #: Maximum wait between retries in later passes.
     max_retry: float = 86_400.0
     #: Random spread applied to retry delays, as a fraction.
     jitter: float = 0.2
@@ -90,7 +90,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one wanted image in a pass."""
+    """The outcome of one wanted image in a pass."""
 
     digest: str
     stored: StoredFile | None = None

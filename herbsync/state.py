@@ -64,7 +64,7 @@ CREATE INDEX IF NOT EXISTS objects_by_verified_at ON objects (verified_at);
 
 
 class EntryLike(Protocol):
-    """What the state needs of a manifest entry."""
+    """The fields of a manifest entry that the state stores."""
 
     digest: str
     line: int
@@ -84,7 +84,7 @@ class Want:
 
 @dataclass(frozen=True, slots=True)
 class ManifestRecord:
-    """What the state remembers of a manifest file."""
+    """The stored record of a manifest file."""
 
     name: str
     size: int

@@ -21,7 +21,7 @@ log = structlog.get_logger("herbsync.sources")
 
 
 class Sink(Protocol):
-    """Where verified bytes go: a ``Store`` or a single file (``FileSink``)."""
+    """A destination for verified bytes: a ``Store`` or a single file (``FileSink``)."""
 
     def place(
         self,
@@ -55,7 +55,7 @@ class FileSink:
 
 @dataclass
 class ImageStream:
-    """An open image: its bytes as chunks, plus what the source knows of it."""
+    """An open image: its bytes as chunks, with the extension and size the source reports."""
 
     extension: str
     origin: str
@@ -161,7 +161,7 @@ class ImageSource(ABC):
 
     @abstractmethod
     def exists(self, sha256_hash: str) -> bool:
-        """Return whether the source holds the image (False on any error, logged)."""
+        """Return whether the source contains the image (False on any error, which is logged)."""
 
     def copy_to(
         self,
