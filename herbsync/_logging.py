@@ -18,8 +18,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class RepeatLimiter:
     """A structlog processor that drops repeats of an identical warning or error.
 
-    Events with the same name and the same error or reason text pass once
-    per ``window`` seconds. The next one that passes carries ``repeated``,
+    Events with the same name, subject (manifest, digest or path) and error
+    or reason text pass once per ``window`` seconds. The next one that passes carries ``repeated``,
     the number dropped in between.
     """
 
@@ -35,7 +35,8 @@ class RepeatLimiter:
         if method_name not in self.LEVELS:
             return event_dict
         detail = event_dict.get("error", event_dict.get("reason", ""))
-        key = (str(event_dict.get("event", "")), str(detail))
+        subject = event_dict.get("manifest", event_dict.get("digest", event_dict.get("path", "")))
+        key = (str(event_dict.get("event", "")), f"{subject}\0{detail}")
         now = self.clock()
         with self._lock:
             passed_at, dropped = self._seen.get(key, (float("-inf"), 0))

@@ -11,6 +11,7 @@ import dataclasses
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from watchdog.observers import Observer
 
 from herbsync.config import Settings, load_settings
 from herbsync.drop_folder import DropFolder, is_manifest_name
-from herbsync.errors import ConfigError
+from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.evict import EvictionResult, Evictor
 from herbsync.lock import StoreLock
 from herbsync.metrics import Metrics
@@ -120,6 +121,21 @@ _RESTART_ONLY = (
 )
 
 
+def _folder_error(what: str, folder: Path, error: Exception) -> HerbsyncError:
+    """Return the start-up error for a folder the daemon cannot write, naming it and why."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    if _is_read_only(folder):
+        reason = "it is on a read-only file system"
+    return HerbsyncError(f"cannot open the {what} {folder}: {reason}; make it writable and start again")
+
+
+def _is_read_only(folder: Path) -> bool:
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _build_inbox(settings: Settings, store: Store) -> Inbox | None:
     """Return the upload inbox of the [upload] section, or None when it names no inbox."""
     upload = settings.upload
@@ -141,10 +157,16 @@ class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.lock = StoreLock(settings.store_path)
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except OSError as error:
+            raise _folder_error("store", settings.store_path, error) from error
         self.store = Store(settings.store_path)
         self.source = build_source(settings.source)
-        self.state = State(settings.state_path)
+        try:
+            self.state = State(settings.state_path)
+        except (OSError, sqlite3.Error) as error:
+            raise _folder_error("state folder", settings.state_path, error) from error
         self.folder = DropFolder(settings.manifests_path, self.state)
         self.mirror = self._build_mirror(settings)
         self.metrics = Metrics()

@@ -46,3 +46,13 @@ def test_different_errors_and_info_pass():
 
     assert passed["reason"] == "b"
     assert len(info) == 3
+
+
+def test_same_reason_other_subject_passes():
+    """The same reason about two different manifests is logged for each."""
+    limiter = RepeatLimiter(window=60, clock=FakeClock())
+
+    limiter(None, "warning", {"event": "manifest.skipped", "manifest": "a", "reason": "symbolic link"})
+    other = limiter(None, "warning", {"event": "manifest.skipped", "manifest": "b", "reason": "symbolic link"})
+
+    assert other["manifest"] == "b"

@@ -300,7 +300,7 @@ def test_jsonl_bad_lines(tmp_path: Path) -> None:
         f'{{"sha256": "{B}", "bytes": true}}',
         f'{{"sha256": "{B}", "path": "../../etc/passwd"}}',
         f'{{"sha256": "{B}", "path": "{image_key(C)}"}}',
-        f'{{"sha256": 12}}',
+        '{"sha256": 12}',
         f'{{"sha256": "{B}", "logical_id": "bad\\u0000label"}}',
         f'{{"sha256": "{E}"}}',
     ]
