@@ -2,7 +2,7 @@
 
 Half of the hashes are already in the store, as files herbsync verified and
 recorded in its state database. Each step runs in a fresh Python process so
-its wall time and peak memory (``ru_maxrss`` of that process) stand alone.
+its wall time and peak memory (``VmHWM`` of that process) stand alone.
 
     .venv/bin/python -m bench.manifest_scale [--count 1000000]
 """
@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -55,8 +54,19 @@ def ingest(root: Path) -> None:
     state = State(root / "state")
     results = DropFolder(root / "manifests", state).reconcile()
     state.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = _peak_rss_mb("self")
     print(json.dumps({"changed": [result.changed for result in results], "peak_mb": peak_mb}))
+
+
+def _peak_rss_mb(pid: str) -> float:
+    """Return a process's peak resident memory in MB from ``/proc``.
+
+    ``VmHWM`` starts afresh at exec, unlike ``ru_maxrss``, which a child
+    inherits from the parent that forked it.
+    """
+    status = Path(f"/proc/{pid}/status").read_text()
+    kilobytes = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    return kilobytes / 1024
 
 
 def _child(step: str, root: Path) -> dict[str, float]:
@@ -100,12 +110,11 @@ def measure_startup(root: Path) -> dict[str, float]:
                 raise SystemExit(log_path.read_text(errors="replace"))
             time.sleep(0.01)
         seconds = time.monotonic() - started
-        status = Path(f"/proc/{process.pid}/status").read_text()
-        peak = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+        peak_mb = _peak_rss_mb(str(process.pid))
     finally:
         process.terminate()
         process.wait()
-    return {"seconds": seconds, "peak_mb": peak / 1024}
+    return {"seconds": seconds, "peak_mb": peak_mb}
 
 
 def main() -> None:
