@@ -8,11 +8,12 @@ on the daemon's database connection, so that connection has one user.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from herbsync.errors import (
 from herbsync.metrics import Metrics
 from herbsync.sources.base import ImageSource
 from herbsync.state import PresentRecord, State, Want
-from herbsync.store import Store, StoredFile
+from herbsync.store import StagedFile, Store, StoredFile
 
 
 log = structlog.get_logger("herbsync.mirror")
@@ -44,6 +45,12 @@ TRANSIENT_ERRORS = (SourceUnavailable, DigestMismatch, SizeMismatch)
 
 # Failure kinds that another try soon will not fix.
 PERMANENT_KINDS = frozenset({"not_found", "access_denied"})
+
+# Staged files are synced and renamed into place once this many are waiting,
+# once nothing else is in flight, or once the oldest has waited this many
+# seconds, whichever comes first.
+COMMIT_BATCH = 64
+COMMIT_AFTER_SECONDS = 1.0
 
 
 def failure_kind(error: BaseException) -> str:
@@ -59,6 +66,23 @@ def failure_kind(error: BaseException) -> str:
     if isinstance(error, StoreFull):
         return "store_full"
     return "error"
+
+
+class StagingSink:
+    """A sink that leaves verified files staged in the store, for ``Store.commit`` to place."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def place(
+        self,
+        digest: str,
+        extension: str,
+        chunks: Iterable[bytes],
+        origin: str,
+        expected_size: int | None = None,
+    ) -> StagedFile:
+        return self.store.stage(digest, extension, chunks, origin, expected_size)
 
 
 @dataclass(frozen=True)
@@ -114,7 +138,12 @@ class PassResult:
 
 
 class Mirror:
-    """Fetches wanted images into a store, recording outcomes in the state."""
+    """Fetches wanted images into a store, recording outcomes in the state.
+
+    Workers write and verify each download into the store's ``.tmp`` without
+    syncing it. The thread that runs the pass then places the staged files in
+    batches (see ``Store.commit``) and records them only after that.
+    """
 
     def __init__(
         self,
@@ -139,6 +168,10 @@ class Mirror:
         #: Seconds running transfers may take to finish once ``stopping`` is set.
         self.grace = 30.0
         self._stop_seen_at: float | None = None
+        self._staging = StagingSink(store)
+        #: Downloads staged by workers and not yet committed, oldest first.
+        self._staged: list[Outcome] = []
+        self._oldest_staged_at = 0.0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
 
     def close(self) -> None:
@@ -184,7 +217,7 @@ class Mirror:
         delay = self.policy.backoff
         for attempt in range(1, self.policy.attempts + 1):
             try:
-                result = self.source.copy_to(want.digest, self.store, want.extension, want.size)
+                result = self.source.copy_to(want.digest, self._staging, want.extension, want.size)
                 return Outcome(want.digest, result.stored, result.origin, result.seconds)
             except TRANSIENT_ERRORS as error:
                 if attempt == self.policy.attempts or self.stopping.is_set():
@@ -239,6 +272,7 @@ class Mirror:
 
         while in_flight:
             in_flight = self._record_done(in_flight, result)
+        self._commit_staged(result)
         result.seconds = time.monotonic() - started
         if result.store_full:
             self._report_store_full(result)
@@ -264,8 +298,47 @@ class Mirror:
         for future in done:
             if future.cancelled():
                 continue
-            self.record(future.result(), result)
+            outcome = future.result()
+            if isinstance(outcome.stored, StagedFile):
+                self._add_staged(outcome)
+            else:
+                self.record(outcome, result)
+
+        waited = time.monotonic() - self._oldest_staged_at
+        if self._staged and (
+            len(self._staged) >= COMMIT_BATCH or not remaining or waited >= COMMIT_AFTER_SECONDS
+        ):
+            self._commit_staged(result)
         return remaining
+
+    def _add_staged(self, outcome: Outcome) -> None:
+        if not self._staged:
+            self._oldest_staged_at = time.monotonic()
+        self._staged.append(outcome)
+
+    def _commit_staged(self, result: PassResult) -> None:
+        """Place the staged downloads with one sync before and one after, then record them."""
+        outcomes, self._staged = self._staged, []
+        if not outcomes:
+            return
+        staged = [outcome.stored for outcome in outcomes if isinstance(outcome.stored, StagedFile)]
+        placed: list[Outcome] = []
+        records: list[PresentRecord] = []
+        for outcome, commit in zip(outcomes, self.store.commit(staged), strict=True):
+            if commit.stored is None:
+                self.record(dataclasses.replace(outcome, stored=None, error=commit.error), result)
+                continue
+            stat = commit.stored.path.stat()
+            records.append(
+                PresentRecord(commit.stored.digest, commit.stored.extension, stat.st_size, stat.st_mtime_ns, self.clock())
+            )
+            placed.append(dataclasses.replace(outcome, stored=commit.stored))
+
+        self.state.mark_present_many(records, clear_failures=True)
+        for outcome in placed:
+            self._report_fetched(outcome, result)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
 
     def _enforce_grace(self) -> None:
         """Abort the transfers still running once the shutdown grace period is over."""
@@ -322,6 +395,12 @@ class Mirror:
             result.adopted += 1
             log.info("image.adopted", digest=stored.digest, path=str(stored.path), bytes=stored.size)
             return
+        self._report_fetched(outcome, result)
+
+    def _report_fetched(self, outcome: Outcome, result: PassResult) -> None:
+        """Count and log one downloaded image that is already recorded as present."""
+        stored = outcome.stored
+        assert stored is not None
         result.fetched += 1
         result.bytes += stored.size
         if self.metrics is not None:

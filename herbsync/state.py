@@ -316,12 +316,20 @@ class State:
             )
             self.connection.execute("DELETE FROM failures WHERE digest = ?", (record.digest,))
 
-    def mark_present_many(self, records: Iterable[PresentRecord]) -> None:
-        """Record many verified images in one transaction per batch."""
+    def mark_present_many(self, records: Iterable[PresentRecord], clear_failures: bool = False) -> None:
+        """Record many verified images in one transaction per batch.
+
+        With ``clear_failures``, any failure recorded for them is cleared too,
+        as ``mark_present`` does.
+        """
         for batch in _batches(records):
             rows = [(r.digest, r.extension, r.size, r.mtime_ns, r.verified_at) for r in batch]
             with self.connection:
                 self.connection.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?, ?, ?, ?)", rows)
+                if clear_failures:
+                    self.connection.executemany(
+                        "DELETE FROM failures WHERE digest = ?", [(r.digest,) for r in batch]
+                    )
 
     def forget_present(self, digests: Iterable[str]) -> None:
         """Drop verification records whose files are gone or changed."""

@@ -2,12 +2,15 @@
 
 Every file at a final path ``<root>/ab/cd/<digest>.<ext>`` hashes to its name.
 Bytes are written to a temporary file in ``<root>/.tmp/``, hashed as they pass,
-fsynced, compared with the expected digest and only then renamed into place.
+compared with the expected digest, made durable and only then renamed into
+place. ``place`` fsyncs each file and its folder. ``stage`` and ``commit``
+let a mirror pass sync a whole batch with two ``syncfs`` calls instead.
 Files that fail a check are moved to ``<root>/.quarantine/``, never deleted.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -16,9 +19,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from herbsync.digest import (
     CHUNK_SIZE,
@@ -49,6 +53,22 @@ class StoredFile:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class StagedFile(StoredFile):
+    """A verified file written to ``temporary`` and not yet synced or renamed to ``path``."""
+
+    temporary: Path
+
+
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What ``Store.commit`` did with one staged file: the placed file, or the error that stopped it."""
+
+    staged: StagedFile
+    stored: StoredFile | None = None
+    error: StoreError | None = None
+
+
 def _check_layout_name(digest: str, extension: str) -> None:
     if not is_digest(digest):
         msg = f"cannot store {digest!r}: it is not a lowercase SHA-256 digest"
@@ -66,12 +86,56 @@ def _fsync_directory(path: Path) -> None:
         os.close(descriptor)
 
 
-def _raise_store_error(error: OSError, path: Path) -> None:
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Return libc's ``syncfs`` (Linux 2.6.39 and later), or None where there is none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+_syncfs = _load_syncfs()
+
+
+def sync_filesystem(path: Path) -> bool:
+    """Write every dirty page and inode of the filesystem holding ``path`` to disk.
+
+    Returns False, having synced nothing, where ``syncfs`` is unavailable.
+    Raises ``OSError`` when the kernel reports a write-back error.
+    """
+    if _syncfs is None:
+        return False
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _syncfs(descriptor) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, os.strerror(number), str(path))
+    finally:
+        os.close(descriptor)
+    return True
+
+
+def _fsync_file(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _store_error(error: OSError, path: Path) -> StoreError:
+    """Return the herbsync error for an ``OSError`` met while writing ``path``."""
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        msg = f"no space left on the filesystem of {path}; free space and herbsync resumes"
-        raise StoreFull(msg) from error
-    msg = f"cannot write {path}: {error.strerror or error}"
-    raise StoreError(msg) from error
+        return StoreFull(f"no space left on the filesystem of {path}; free space and herbsync resumes")
+    return StoreError(f"cannot write {path}: {error.strerror or error}")
+
+
+def _raise_store_error(error: OSError, path: Path) -> NoReturn:
+    raise _store_error(error, path) from error
 
 
 def write_verified(
@@ -92,6 +156,38 @@ def write_verified(
     ``SizeMismatch``, ``StoreFull`` or ``StoreError``.
     """
     folder = temporary_folder or target.parent
+    temporary, size = _write_temporary(
+        target, folder, digest, chunks, origin, expected_size, abort, fsync=True
+    )
+    try:
+        # Rename into place, then make the rename itself durable.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temporary, target)
+        _fsync_directory(target.parent)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        _raise_store_error(error, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _write_temporary(
+    target: Path,
+    folder: Path,
+    digest: str,
+    chunks: Iterable[bytes],
+    origin: str,
+    expected_size: int | None,
+    abort: threading.Event | None,
+    fsync: bool,
+) -> tuple[Path, int]:
+    """Write ``chunks`` to a new temporary file in ``folder`` and check them; return its path and size.
+
+    ``target`` is the final path the bytes are meant for, named in errors. The file is removed again when the bytes do not hash to ``digest``, when
+    the size differs from ``expected_size``, and on any other failure.
+    """
     hasher = hashlib.sha256()
     size = 0
     try:
@@ -111,26 +207,22 @@ def write_verified(
                 stream.write(chunk)
                 size += len(chunk)
             stream.flush()
-            os.fsync(stream.fileno())
+            if fsync:
+                os.fsync(stream.fileno())
 
-        # 2. Compare digest and size before anything reaches the final path.
+        # 2. Compare digest and size before the file can reach a final path.
         actual = hasher.hexdigest()
         if actual != digest:
             raise DigestMismatch(digest, actual, origin)
         if expected_size is not None and size != expected_size:
             raise SizeMismatch(digest, expected_size, size)
-
-        # 3. Rename into place, then make the rename itself durable.
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(temporary, target)
-        _fsync_directory(target.parent)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         _raise_store_error(error, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return size
+    return temporary, size
 
 
 class Store:
@@ -196,6 +288,83 @@ class Store:
             target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting
         )
         return StoredFile(target, digest, extension, size)
+
+    def stage(
+        self,
+        digest: str,
+        extension: str,
+        chunks: Iterable[bytes],
+        origin: str,
+        expected_size: int | None = None,
+    ) -> StagedFile:
+        """Write verified bytes to a temporary file in ``.tmp``, without syncing or renaming it.
+
+        Raises what ``place`` raises. Nothing reaches a final path until
+        ``commit`` is called with the returned file, and a temporary file left
+        by a crash is removed by ``clean_temporary``.
+        """
+        _check_layout_name(digest, extension)
+        target = self.path_for(digest, extension)
+        temporary, size = _write_temporary(
+            target, self.temporary_folder, digest, chunks, origin, expected_size, self.aborting, fsync=False
+        )
+        return StagedFile(target, digest, extension, size, temporary)
+
+    def commit(self, staged: list[StagedFile]) -> list[CommitResult]:
+        """Make staged files durable, rename them into place, and make the renames durable.
+
+        One ``syncfs`` of the store's filesystem comes before the renames and
+        one after, in place of two fsyncs per file. So after a power cut
+        every final path holds either nothing or the whole verified file.
+        Where ``syncfs`` is unavailable, each file and then each folder is
+        fsynced instead. A file that cannot be placed gets its error in the
+        result, and its temporary file is removed.
+        """
+        if not staged:
+            return []
+        try:
+            self._sync_before_rename(staged)
+        except OSError as error:
+            for file in staged:
+                file.temporary.unlink(missing_ok=True)
+            return [CommitResult(file, error=_store_error(error, file.temporary)) for file in staged]
+
+        results = [self._rename_staged(file) for file in staged]
+        placed = [result.stored for result in results if result.stored is not None]
+        try:
+            self._sync_after_rename(placed)
+        except OSError as error:
+            # The renames happened but may not survive a power cut, so the
+            # files are not reported as placed. The next pass adopts them
+            # after hashing them again.
+            return [
+                CommitResult(result.staged, error=_store_error(error, result.staged.path))
+                if result.stored is not None
+                else result
+                for result in results
+            ]
+        return results
+
+    def _sync_before_rename(self, staged: list[StagedFile]) -> None:
+        if sync_filesystem(self.temporary_folder):
+            return
+        for file in staged:
+            _fsync_file(file.temporary)
+
+    def _sync_after_rename(self, placed: list[StoredFile]) -> None:
+        if not placed or sync_filesystem(self.root):
+            return
+        for folder in sorted({file.path.parent for file in placed}):
+            _fsync_directory(folder)
+
+    def _rename_staged(self, file: StagedFile) -> CommitResult:
+        try:
+            file.path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file.temporary, file.path)
+        except OSError as error:
+            file.temporary.unlink(missing_ok=True)
+            return CommitResult(file, error=_store_error(error, file.path))
+        return CommitResult(file, StoredFile(file.path, file.digest, file.extension, file.size))
 
     def check(self, path: Path) -> str | None:
         """Hash a stored file; return None if it matches its name, else the actual digest."""

@@ -17,7 +17,6 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from herbsync.digest import (
-    CHUNK_SIZE,
     DEFAULT_EXTENSION,
     normalize_digest,
     relative_path,
@@ -37,6 +36,7 @@ from herbsync.sources.base import (
     TransferOptions,
     UploadResult,
 )
+from herbsync.sources.s3http import PRESIGNED_URL_SECONDS, BodyChunks, PresignedGetter, error_code
 
 
 log = structlog.get_logger("herbsync.sources")
@@ -84,7 +84,11 @@ def map_client_error(error: ClientError, location: str) -> SourceError:
     """Return the herbsync error for a botocore ``ClientError`` on ``location``."""
     code = str(error.response.get("Error", {}).get("Code", ""))
     status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return map_error_code(code, status, location)
 
+
+def map_error_code(code: str, status: int, location: str) -> SourceError:
+    """Return the herbsync error for an S3 error ``code`` (or '') and HTTP ``status`` on ``location``."""
     if code in NOT_FOUND_CODES:
         return ObjectNotFound(f"{location} not found")
     if code == "NoSuchBucket":
@@ -163,7 +167,8 @@ class S3ImageSource(ImageSource):
 
     The boto3 client is built on first use, through boto3's usual credential
     chain (environment, shared files, instance roles) unless ``anonymous`` is
-    set, and is shared by all threads.
+    set, and is shared by all threads. Image downloads are presigned by that
+    client and sent through a urllib3 pool (``PresignedGetter``).
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class S3ImageSource(ImageSource):
         self.base_url = (endpoint_url or f"https://s3.{region}.amazonaws.com").rstrip("/")
         self.base_url = f"{self.base_url}/{bucket}"
         self._client = client
+        self._getter: PresignedGetter | None = None
         self._client_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -206,6 +212,7 @@ class S3ImageSource(ImageSource):
             if self._client is None:
                 self.max_pool_connections = max(self.max_pool_connections, concurrency)
         _ = self.client
+        _ = self.getter
 
     @property
     def client(self) -> Any:
@@ -215,6 +222,17 @@ class S3ImageSource(ImageSource):
                 if self._client is None:
                     self._client = self._build_client()
         return self._client
+
+    @property
+    def getter(self) -> PresignedGetter:
+        """The urllib3 pool that image GETs go through, built on first use."""
+        if self._getter is None:
+            with self._client_lock:
+                if self._getter is None:
+                    self._getter = PresignedGetter(
+                        self.max_pool_connections, self.connect_timeout, self.read_timeout
+                    )
+        return self._getter
 
     def _build_client(self) -> Any:
         # Path-style addressing is what S3-compatible servers expect, and it
@@ -322,23 +340,30 @@ class S3ImageSource(ImageSource):
 
         _, found_extension = split_name(key)
         location = f"s3://{self.bucket}/{key}"
-        chunks = self._read_body(response["Body"], location)
-        size = response.get("ContentLength")
+        chunks = BodyChunks(response, location)
+        length = response.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() else None
         return ImageStream(found_extension or DEFAULT_EXTENSION, location, chunks, size)
 
-    def _get(self, key: str) -> dict[str, Any]:
-        with map_errors(f"s3://{self.bucket}/{key}"):
-            response: dict[str, Any] = self.client.get_object(Bucket=self.bucket, Key=key)
-        return response
+    def _get(self, key: str) -> Any:
+        """Send a GET of ``key`` through the presigned-URL path; return the 200 response, body unread."""
+        location = f"s3://{self.bucket}/{key}"
+        with map_errors(location):
+            url = self.client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=PRESIGNED_URL_SECONDS,
+            )
+        response = self.getter.get(url, location)
+        if response.status == 200:
+            return response
 
-    @staticmethod
-    def _read_body(body: Any, location: str) -> Iterator[bytes]:
         try:
-            with map_errors(location):
-                while chunk := body.read(CHUNK_SIZE):
-                    yield chunk
+            code = error_code(response)
         finally:
-            body.close()
+            response.close()
+            response.release_conn()
+        raise map_error_code(code, response.status, location)
 
     def upload(
         self,
