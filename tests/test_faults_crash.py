@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_KEYS, DaemonProcess, wait_until, write_config
+from storecheck import stored_digests, temporary_files, unexpected_store_files
 
-from herbsync.digest import is_digest
 from herbsync.testing.seaweed import SeaweedServer, image_key
 
 
@@ -32,39 +32,6 @@ CRASH_CYCLES = 20
 LARGE_OBJECTS = 4
 LARGE_SIZE = 4 * 1024 * 1024
 SMALL_SIZES = (1, 64 * 1024)
-
-
-def _unexpected_store_files(store: Path) -> list[str]:
-    """Return every file in the store that is not at its layout path with matching bytes.
-
-    Hidden entries at the top (``.tmp``, ``.quarantine``, the lock file) are skipped.
-    """
-    wrong = []
-    for path in sorted(store.rglob("*")):
-        relative = path.relative_to(store)
-        if relative.parts[0].startswith(".") or not path.is_file():
-            continue
-        digest, _, extension = path.name.partition(".")
-        at_layout_path = (
-            len(relative.parts) == 3
-            and is_digest(digest)
-            and bool(extension)
-            and relative.parts[:2] == (digest[0:2], digest[2:4])
-        )
-        if not at_layout_path:
-            wrong.append(f"{relative}: not a layout path")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            wrong.append(f"{relative}: bytes do not hash to the name")
-    return wrong
-
-
-def _stored_digests(store: Path) -> set[str]:
-    return {path.name.partition(".")[0] for path in store.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*")}
-
-
-def _temporary_files(store: Path) -> set[str]:
-    folder = store / ".tmp"
-    return {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
 
 
 def _random_objects(rng: random.Random) -> list[bytes]:
@@ -112,7 +79,7 @@ def _wait_for_kill_point(daemon: DaemonProcess, rng: random.Random, fetch_target
     fetches = 1 if mode == "start-up" else fetch_target
 
     while time.monotonic() < give_up_at and daemon.process.poll() is None:
-        if mode == "mid-write" and _temporary_files(daemon.store) - stale:
+        if mode == "mid-write" and temporary_files(daemon.store) - stale:
             break
         if daemon.log().count('"image.fetched"') >= fetches and mode != "idle":
             break
@@ -146,7 +113,7 @@ def test_kill_9_never_leaves_bad_file(seaweed, bucket, s3_table, start_daemon, t
 
     for cycle in range(CRASH_CYCLES):
         daemon = first if cycle == 0 else DaemonProcess(root, s3_table)
-        remaining = len(set(digests) - _stored_digests(daemon.store))
+        remaining = len(set(digests) - stored_digests(daemon.store))
         fetch_target = rng.randint(min(1, remaining), remaining // (CRASH_CYCLES - cycle) + min(1, remaining))
         _launch(daemon)
         try:
@@ -157,11 +124,11 @@ def test_kill_9_never_leaves_bad_file(seaweed, bucket, s3_table, start_daemon, t
             daemon.process.wait()
         where = f"{replay}; cycle {cycle}, killed at {mode}"
 
-        assert _unexpected_store_files(daemon.store) == [], where
+        assert unexpected_store_files(daemon.store) == [], where
         assert _check_state_database(daemon.state) in ("ok", "not created yet"), where
         if started:
-            assert not leftovers & _temporary_files(daemon.store), f"{where}: stale temporary files kept"
-        leftovers = _temporary_files(daemon.store)
+            assert not leftovers & temporary_files(daemon.store), f"{where}: stale temporary files kept"
+        leftovers = temporary_files(daemon.store)
 
     final = start_daemon(s3_table, root=root)
     report = wait_until(
@@ -171,9 +138,9 @@ def test_kill_9_never_leaves_bad_file(seaweed, bucket, s3_table, start_daemon, t
     )
 
     assert report is True, replay
-    assert _stored_digests(final.store) == set(digests), replay
-    assert _unexpected_store_files(final.store) == [], replay
-    assert not leftovers & _temporary_files(final.store), f"{replay}: stale temporary files kept"
+    assert stored_digests(final.store) == set(digests), replay
+    assert unexpected_store_files(final.store) == [], replay
+    assert not leftovers & temporary_files(final.store), f"{replay}: stale temporary files kept"
     events = [json.loads(line) for line in final.log().splitlines() if line.startswith("{")]
     assert not [event for event in events if event.get("event") == "image.failed"], replay
 

@@ -9,7 +9,6 @@ ignores permission bits. The unreadable manifest is read by a daemon that
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import signal
@@ -22,8 +21,8 @@ from typing import Any
 
 import pytest
 from conftest import TEST_KEYS, DaemonProcess, wait_until
+from storecheck import stored_digests, temporary_files, unexpected_store_files
 
-from herbsync.digest import is_digest
 from herbsync.testing.seaweed import SeaweedServer, image_key
 
 
@@ -31,51 +30,6 @@ MIB = 1024 * 1024
 
 # Capabilities that let root read and write files whatever their mode bits.
 DAC_CAPABILITIES = "-dac_override,-dac_read_search"
-
-
-def _events(daemon: Any, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
-def _unexpected_store_files(store: Path) -> list[str]:
-    """Return every file in the store that is not at its layout path with matching bytes.
-
-    Hidden entries at the top (``.tmp``, ``.quarantine``, the lock file) are skipped.
-    """
-    wrong = []
-    for path in sorted(store.rglob("*")):
-        relative = path.relative_to(store)
-        if relative.parts[0].startswith(".") or not path.is_file():
-            continue
-        digest, _, extension = path.name.partition(".")
-        at_layout_path = (
-            len(relative.parts) == 3
-            and is_digest(digest)
-            and bool(extension)
-            and relative.parts[:2] == (digest[0:2], digest[2:4])
-        )
-        if not at_layout_path:
-            wrong.append(f"{relative}: not a layout path")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            wrong.append(f"{relative}: bytes do not hash to the name")
-    return wrong
-
-
-def _stored_digests(store: Path) -> set[str]:
-    return {path.name.partition(".")[0] for path in store.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*")}
-
-
-def _temporary_files(store: Path) -> list[str]:
-    folder = store / ".tmp"
-    return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
 
 
 def _upload_random(seaweed: SeaweedServer, bucket: str, count: int, size: int) -> list[str]:
@@ -182,11 +136,11 @@ def test_full_disk_reported_then_resumed(small_disk, seaweed, bucket, s3_table, 
     assert {failure["kind"] for failure in report["failures"]} == {"store_full"}
     assert all("no space left" in failure["reason"] for failure in report["failures"])
     assert all(str(store) in failure["reason"] for failure in report["failures"])
-    assert [event["kind"] for event in _events(daemon, "image.failed")][:1] == ["store_full"]
-    assert _events(daemon, "store.full")
-    stored_while_full = _stored_digests(store)
+    assert [event["kind"] for event in daemon.events("image.failed")][:1] == ["store_full"]
+    assert daemon.events("store.full")
+    stored_while_full = stored_digests(store)
     assert 0 < len(stored_while_full) < len(digests)
-    assert _unexpected_store_files(store) == []
+    assert unexpected_store_files(store) == []
 
     ballast.unlink()
     report = wait_until(
@@ -195,12 +149,12 @@ def test_full_disk_reported_then_resumed(small_disk, seaweed, bucket, s3_table, 
     )
 
     assert report["present"] == len(digests)
-    assert stored_while_full <= _stored_digests(store)
-    assert _stored_digests(store) == set(digests)
-    assert _unexpected_store_files(store) == []
+    assert stored_while_full <= stored_digests(store)
+    assert stored_digests(store) == set(digests)
+    assert unexpected_store_files(store) == []
     # Temporary names are unique, so a partial file leaked during the full
     # phase would still be here now that every transfer has finished.
-    assert _temporary_files(store) == []
+    assert temporary_files(store) == set()
 
 
 # Read-only folders ----------------------------------------------------------
@@ -288,8 +242,8 @@ def test_store_turned_unwritable_reported_then_resumed(
         f"the mirror to resume; log:\n{daemon.log()[-3000:]}",
     )
 
-    assert _stored_digests(daemon.store) == set(digests)
-    assert _unexpected_store_files(daemon.store) == []
+    assert stored_digests(daemon.store) == set(digests)
+    assert unexpected_store_files(daemon.store) == []
 
 
 # Unreadable manifest --------------------------------------------------------
@@ -339,7 +293,7 @@ def test_unreadable_manifest_reported_others_served(seaweed, bucket, s3_table, s
     daemon.drop_manifest("open.txt", digests[1])
     daemon.process.send_signal(signal.SIGHUP)
     report = daemon.wait_settled("open.txt", 1)
-    unreadable = wait_until(lambda: _events(daemon, "manifest.unreadable"), "the unreadable manifest's report")
+    unreadable = wait_until(lambda: daemon.events("manifest.unreadable"), "the unreadable manifest's report")
 
     assert report["complete"] is True
     assert unreadable[0]["path"] == str(locked)

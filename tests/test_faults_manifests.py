@@ -8,7 +8,6 @@ daemon. No test may see a crash, a write outside the store, or a valid entry los
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -251,18 +250,6 @@ def test_unusable_file_name_skipped(name, under_test):
 # End to end -------------------------------------------------------------------
 
 
-def _events(daemon: Any, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
 def _files_under(folder: Path, skip: list[Path]) -> set[Path]:
     return {
         path
@@ -304,7 +291,7 @@ def test_hostile_drops_served_nothing_outside(seaweed, bucket, s3_table, specime
     }
     expected_skips = {"link.txt", "pipe.txt", "bad-\\xff.txt", "n" * 251 + ".txt"}
     skipped = wait_until(
-        lambda: expected_skips <= {event["manifest"] for event in _events(daemon, "manifest.skipped")},
+        lambda: expected_skips <= {event["manifest"] for event in daemon.events("manifest.skipped")},
         f"reports of the skipped files; log:\n{daemon.log()[-3000:]}",
     )
 

@@ -9,21 +9,19 @@ the store must hash to its name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TEST_KEYS, wait_until
+from storecheck import temporary_files, unexpected_store_files
 
 from faultproxy import FaultProxy
-from herbsync.digest import is_digest
 from herbsync.testing.seaweed import SeaweedServer, image_key
 
 
@@ -56,47 +54,6 @@ S3_IDENTITIES = {
     ]
 }
 PRIVATE_BUCKET = "herbsync.private"
-
-
-def _events(daemon: Any, event: str) -> list[dict[str, Any]]:
-    found = []
-    for line in daemon.log().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("event") == event:
-            found.append(record)
-    return found
-
-
-def _unexpected_store_files(store: Path) -> list[str]:
-    """Return every file in the store that is not at its layout path with matching bytes.
-
-    Hidden entries at the top (``.tmp``, ``.quarantine``, the lock file) are skipped.
-    """
-    wrong = []
-    for path in sorted(store.rglob("*")):
-        relative = path.relative_to(store)
-        if relative.parts[0].startswith(".") or not path.is_file():
-            continue
-        digest, _, extension = path.name.partition(".")
-        at_layout_path = (
-            len(relative.parts) == 3
-            and is_digest(digest)
-            and bool(extension)
-            and relative.parts[:2] == (digest[0:2], digest[2:4])
-        )
-        if not at_layout_path:
-            wrong.append(f"{relative}: not a layout path")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-            wrong.append(f"{relative}: bytes do not hash to the name")
-    return wrong
-
-
-def _temporary_files(store: Path) -> list[str]:
-    folder = store / ".tmp"
-    return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
 
 
 def _gets_of(proxy: FaultProxy, digest: str) -> int:
@@ -163,19 +120,19 @@ def test_outage_reported_then_mirrored(outage, seaweed, bucket, proxy, proxied_t
     assert report["present"] == 0
     for failure in report["failures"]:
         assert gets[failure["sha256"]] <= TRIES_PER_PASS * (failure["attempts"] + 1), failure
-    retried = _events(daemon, "fetch.retrying")
+    retried = daemon.events("fetch.retrying")
     assert {event["digest"] for event in retried} == set(digests)
     assert {event["kind"] for event in retried} == {kind}
-    failed = _events(daemon, "image.failed")
+    failed = daemon.events("image.failed")
     assert {event["digest"] for event in failed} == set(digests)
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
     assert not any(daemon.stored(digest).exists() for digest in digests)
 
     proxy.clear()
     report = wait_until(_complete(daemon, "outage.txt"), f"recovery; log:\n{daemon.log()[-3000:]}")
 
     assert report["present"] == 3
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
     assert all(daemon.stored(digest).is_file() for digest in digests)
 
 
@@ -191,12 +148,12 @@ def test_throttling_absorbed_by_client_retries(seaweed, bucket, proxy, proxied_t
     assert report["complete"] is True
     assert proxy.statuses(method="GET").count(503) == 3
     assert len(proxy.statuses(method="GET")) == len(digests) + 3
-    fetched = [event["digest"] for event in _events(daemon, "image.fetched")]
+    fetched = [event["digest"] for event in daemon.events("image.fetched")]
     assert sorted(fetched) == sorted(digests)
-    retries = _events(daemon, "s3.retrying")
+    retries = daemon.events("s3.retrying")
     assert len(retries) == 3
     assert all("SlowDown" in event["reason"] for event in retries)
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
 
 
 def test_stall_beyond_read_timeout_retried(seaweed, bucket, proxy, proxied_table, specimens, start_daemon):
@@ -211,10 +168,10 @@ def test_stall_beyond_read_timeout_retried(seaweed, bucket, proxy, proxied_table
 
     assert report["complete"] is True
     assert proxy.statuses(method="GET")[-1] == 200
-    retries = _events(daemon, "s3.retrying")
+    retries = daemon.events("s3.retrying")
     assert len(retries) == 2
     assert all("timeout" in event["reason"].lower() for event in retries)
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
 
 
 def test_flipped_byte_never_stored(seaweed, bucket, proxy, proxied_table, specimens, start_daemon):
@@ -227,11 +184,11 @@ def test_flipped_byte_never_stored(seaweed, bucket, proxy, proxied_table, specim
     report = daemon.wait_settled("flipped.txt", 1)
 
     assert report["complete"] is True
-    retried = _events(daemon, "fetch.retrying")
+    retried = daemon.events("fetch.retrying")
     assert [event["kind"] for event in retried] == ["mismatch"]
     assert f"expected sha256 {digests[0]}" in retried[0]["error"]
-    assert _unexpected_store_files(daemon.store) == []
-    assert _temporary_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
+    assert temporary_files(daemon.store) == set()
 
 
 # Wrong credentials and access denied ---------------------------------------
@@ -288,7 +245,7 @@ def test_denied_access_reported_without_retry_loop(
     # so a tight loop would show up as new requests in the window.
     assert requests_when_failed <= len(digests) * 2
     assert requests_after_window - requests_when_failed <= len(digests)
-    assert _events(daemon, "fetch.retrying") == []
+    assert daemon.events("fetch.retrying") == []
     status = subprocess.run(
         [sys.executable, "-m", "herbsync.cli", "status", "--json", "--config", str(daemon.config)],
         capture_output=True,
@@ -315,7 +272,7 @@ def test_reader_credentials_mirror_private_bucket(private_seaweed, private_proxy
 
     assert report["complete"] is True
     assert READER_SECRET not in daemon.log()
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
 
 
 # Hostile object keys ---------------------------------------------------------
@@ -334,5 +291,5 @@ def test_key_with_path_after_digest_not_stored(seaweed, bucket, specimens, s3_ta
     assert report["failed"] == 1
     assert report["failures"][0]["kind"] == "not_found"
     assert "not a plain extension" in report["failures"][0]["reason"]
-    assert _unexpected_store_files(daemon.store) == []
+    assert unexpected_store_files(daemon.store) == []
     assert not list(daemon.store.rglob("y"))
