@@ -56,17 +56,22 @@ def write_status(state: State, name: str) -> Path | None:
         target.unlink(missing_ok=True)
         return None
 
+    write_json_atomically(target, report)
+    return target
+
+
+def write_json_atomically(target: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``target`` so readers see the old file or the new one, whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=".status-")
+    descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2)
+            json.dump(data, stream, indent=2)
             stream.write("\n")
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return target
 
 
 def remove_stale_reports(state: State) -> None:
@@ -85,15 +90,8 @@ STORE_REPORT = "store-status.json"
 
 def write_store_report(state_folder: Path, report: dict[str, Any]) -> None:
     """Write the store's size report (cap, sizes, over-capacity flag) for ``herbsync status``."""
-    target = state_folder / STORE_REPORT
-    descriptor, temporary = tempfile.mkstemp(dir=state_folder, prefix=".store-status-")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump({**report, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, stream, indent=2)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    stamped = {**report, "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    write_json_atomically(state_folder / STORE_REPORT, stamped)
 
 
 def read_store_report(state_folder: Path) -> dict[str, Any] | None:

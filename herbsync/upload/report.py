@@ -9,10 +9,10 @@ outcome. It lists at most ``MAX_REPORTED_FAILURES`` failures, and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from herbsync.status import write_json_atomically
 
 
 REPORT_NAME = "uploads-status.json"
@@ -25,16 +25,7 @@ def write_report(folder: Path, status: dict[str, Any]) -> Path:
     report["failures"] = list(status.get("failures", []))[:MAX_REPORTED_FAILURES]
     target = folder / REPORT_NAME
 
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".uploads-status-")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(report, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json_atomically(target, report)
     return target
 
 
