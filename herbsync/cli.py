@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -170,6 +171,13 @@ def command_put(arguments: argparse.Namespace) -> int:
     return EXIT_OK if len(results) == len(arguments.files) else EXIT_FAILED
 
 
+def _json_value(value: Any) -> Any:
+    """Return a JSON-friendly form of a setting that json cannot write by itself."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)
+
+
 def command_config(arguments: argparse.Namespace) -> int:
     """Validate a configuration file and print its effective settings as JSON."""
     path = arguments.file or arguments.config
@@ -179,7 +187,7 @@ def command_config(arguments: argparse.Namespace) -> int:
         for name, value in dataclasses.asdict(settings).items()
     }
     print(f"{path}: valid")
-    print(json.dumps(_masked(effective), indent=2, default=str))
+    print(json.dumps(_masked(effective), indent=2, default=_json_value))
     return EXIT_OK
 
 
@@ -211,7 +219,11 @@ def command_status(arguments: argparse.Namespace) -> int:
             name = _manifest_name(settings, arguments.manifest)
             report = manifest_status(state, name)
             if report is None:
-                print(f"manifest {name!r} is not known to herbsync yet", file=sys.stderr)
+                print(
+                    f"manifest {name!r} is not known to herbsync: the daemon reads manifests in "
+                    f"{settings.manifests_path}; run `herbsync status` to list the ones it knows",
+                    file=sys.stderr,
+                )
                 return EXIT_FAILED
             reports = [report]
         else:
@@ -260,8 +272,14 @@ def command_wait(arguments: argparse.Namespace) -> int:
                 print(f"  {failure['sha256']}  {failure['kind']}: {failure['reason']}")
             return EXIT_FAILED
         if deadline is not None and time.monotonic() >= deadline:
-            pending = "unknown" if report is None else report["pending"]
-            print(f"{name}: timed out with {pending} images still pending", file=sys.stderr)
+            if report is None:
+                print(
+                    f"{name}: timed out before the daemon read this manifest; check that it is in "
+                    f"{settings.manifests_path} and that `herbsync run` is running",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"{name}: timed out with {report['pending']} images still pending", file=sys.stderr)
             return EXIT_TIMEOUT
         time.sleep(0.2)
 
@@ -412,6 +430,9 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Run the ``herbsync`` command line; return the exit status."""
     arguments = build_parser().parse_args(argv)
+    if arguments.verb != "run":
+        # Let `herbsync status | head` end quietly, as other commands do.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
         return COMMANDS[arguments.verb](arguments)
     except ConfigError as error:

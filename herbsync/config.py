@@ -158,6 +158,15 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
         if "base_path" in table:
             table["base_path"] = str(_path(table, "base_path", f"source.sources[{index}]", base, Path(".")))
 
+    first_retry = float(_number(transfers, "first_retry", "transfers", defaults.first_retry, 0))
+    max_retry = float(_number(transfers, "max_retry", "transfers", defaults.max_retry, 0))
+    if max_retry < first_retry:
+        msg = (
+            f"transfers.max_retry = {max_retry:g} is invalid: it is less than "
+            f"transfers.first_retry = {first_retry:g}; raise max_retry or lower first_retry"
+        )
+        raise ConfigError(msg)
+
     return Settings(
         store_path=_path(store, "path", "store", base, defaults.store_path),
         manifests_path=_path(manifests, "path", "manifests", base, defaults.manifests_path),
@@ -165,8 +174,8 @@ def settings_from_dict(document: Mapping[str, Any], base: Path = Path("."), conf
         workers=_number(transfers, "workers", "transfers", defaults.workers, 1, integer=True),
         attempts=_number(transfers, "attempts", "transfers", defaults.attempts, 1, integer=True),
         backoff=float(_number(transfers, "backoff", "transfers", defaults.backoff, 0)),
-        first_retry=float(_number(transfers, "first_retry", "transfers", defaults.first_retry, 0)),
-        max_retry=float(_number(transfers, "max_retry", "transfers", defaults.max_retry, 0)),
+        first_retry=first_retry,
+        max_retry=max_retry,
         shutdown_grace=float(_number(transfers, "shutdown_grace", "transfers", defaults.shutdown_grace, 0)),
         metrics_address=_metrics_address(metrics),
         rescan_interval=float(_number(manifests, "rescan_interval", "manifests", defaults.rescan_interval, 1)),

@@ -24,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from watchdog.events import (
     DirDeletedEvent,
     FileClosedEvent,
+    FileCreatedEvent,
     FileDeletedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -58,16 +59,48 @@ class Request:
     name: str = ""
 
 
+# Seconds a file that appeared without a close event (moved in from another
+# folder) must stay unchanged before it is read.
+CREATED_SETTLE_SECONDS = 1.0
+
+# Seconds between passes when no event wakes the daemon.
+RETRY_CHECK_SECONDS = 60.0
+
+
 class ManifestEvents(FileSystemEventHandler):
     """Turns file events in the manifest folder into requests.
 
     A manifest counts once it is closed after writing or renamed into the
-    folder; writes still in progress are not read.
+    folder; writes still in progress are not read. A file moved in from
+    another folder arrives as a created event with no close event, so it is
+    read once its size and mtime stay unchanged for ``CREATED_SETTLE_SECONDS``
+    and no close event came for it in that time.
     """
 
     def __init__(self, folder: Path, requests: queue.SimpleQueue[Request]) -> None:
         self.folder = folder
         self.requests = requests
+        self._created: dict[str, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not isinstance(event, FileCreatedEvent):
+            return
+        name = self._in_folder(event.src_path)
+        signature = _signature(self.folder / name) if name else None
+        if name is None or signature is None:
+            return
+        with self._lock:
+            self._created[name] = signature
+        timer = threading.Timer(CREATED_SETTLE_SECONDS, self._read_if_settled, args=[name])
+        timer.daemon = True
+        timer.start()
+
+    def _read_if_settled(self, name: str) -> None:
+        with self._lock:
+            signature = self._created.pop(name, None)
+        if signature is not None and signature == _signature(self.folder / name):
+            self.requests.put(Request("read", name))
 
     def _in_folder(self, path: str | bytes) -> str | None:
         candidate = Path(os.fsdecode(path))
@@ -91,12 +124,22 @@ class ManifestEvents(FileSystemEventHandler):
     def _read(self, path: str | bytes) -> None:
         name = self._in_folder(path)
         if name is not None:
+            with self._lock:
+                self._created.pop(name, None)
             self.requests.put(Request("read", name))
 
     def _withdraw(self, path: str | bytes) -> None:
         name = self._in_folder(path)
         if name is not None:
             self.requests.put(Request("withdraw", name))
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
 
 
 def _retry_policy(settings: Settings) -> RetryPolicy:
@@ -221,6 +264,18 @@ class Daemon:
             max_instances=1,
             coalesce=True,
             misfire_grace_time=30,
+        )
+        # A pass every minute picks up work that no event announces: images
+        # that `herbsync verify` quarantined, retries that came due.
+        self._scheduler.add_job(
+            self.requests.put,
+            "interval",
+            args=[Request("wake")],
+            seconds=RETRY_CHECK_SECONDS,
+            id="retry",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=int(RETRY_CHECK_SECONDS),
         )
         # The audit stats every verified file, which takes a while on a store
         # of millions, so it runs after READY on a connection of its own.

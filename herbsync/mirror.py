@@ -165,6 +165,10 @@ class Mirror:
         self.on_outcome: Callable[[Outcome], None] | None = None
         #: Prometheus counters to update, if metrics are on.
         self.metrics: Metrics | None = None
+        #: Whether failures go to the state database and its retry schedule.
+        #: A one-shot fetch reports them to its user instead, so a shell
+        #: without credentials cannot delay the daemon's own retries.
+        self.record_failures = True
         #: Seconds running transfers may take to finish once ``stopping`` is set.
         self.grace = 30.0
         self._stop_seen_at: float | None = None
@@ -369,7 +373,8 @@ class Mirror:
         now = self.clock()
         attempts = self.state.attempts(outcome.digest) + 1
         delay = self.policy.next_delay(attempts, kind)
-        self.state.record_failure(outcome.digest, kind, str(error), now, now + delay)
+        if self.record_failures:
+            self.state.record_failure(outcome.digest, kind, str(error), now, now + delay)
         if self.metrics is not None:
             self.metrics.transfer_errors.labels(kind=kind).inc()
         result.failed += 1

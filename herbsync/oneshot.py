@@ -64,6 +64,7 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
     source = build_source(settings.source)
     source.prepare(settings.workers)
     mirror = Mirror(store, source, state, settings.workers, policy)
+    mirror.record_failures = False
     name = f".fetch-{os.getpid()}"
 
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from herbsync.state import State
+from herbsync.store import FILE_MODE
 
 
 STATUS_FOLDER = "status"
@@ -65,6 +66,7 @@ def write_json_atomically(target: Path, data: Any) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
     try:
+        os.fchmod(descriptor, FILE_MODE)
         with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=2)
             stream.write("\n")

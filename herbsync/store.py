@@ -138,6 +138,28 @@ def _raise_store_error(error: OSError, path: Path) -> NoReturn:
     raise _store_error(error, path) from error
 
 
+def _read_umask() -> int:
+    """Return the process umask without changing it for other threads, where /proc allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+#: Mode of a file written for a caller (``download_image``): an ordinary new file.
+FILE_MODE = 0o666 & ~_UMASK
+#: Mode of a file in the store: read-only, so no program changes an image in
+#: place; readable by whoever the umask allows (the OCR user, say).
+STORED_FILE_MODE = 0o444 & ~_UMASK
+
+
 def write_verified(
     target: Path,
     digest: str,
@@ -146,6 +168,7 @@ def write_verified(
     temporary_folder: Path | None = None,
     expected_size: int | None = None,
     abort: threading.Event | None = None,
+    mode: int = FILE_MODE,
 ) -> int:
     """Write ``chunks`` to ``target`` only if they hash to ``digest``; return the size.
 
@@ -157,7 +180,7 @@ def write_verified(
     """
     folder = temporary_folder or target.parent
     temporary, size = _write_temporary(
-        target, folder, digest, chunks, origin, expected_size, abort, fsync=True
+        target, folder, digest, chunks, origin, expected_size, abort, fsync=True, mode=mode
     )
     try:
         # Rename into place, then make the rename itself durable.
@@ -182,6 +205,7 @@ def _write_temporary(
     expected_size: int | None,
     abort: threading.Event | None,
     fsync: bool,
+    mode: int = FILE_MODE,
 ) -> tuple[Path, int]:
     """Write ``chunks`` to a new temporary file in ``folder`` and check them; return its path and size.
 
@@ -193,6 +217,8 @@ def _write_temporary(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         descriptor, temporary_name = tempfile.mkstemp(dir=folder, prefix=".part-")
+        # mkstemp creates mode 0600, which would hide images from other users.
+        os.fchmod(descriptor, mode)
     except OSError as error:
         _raise_store_error(error, folder)
     temporary = Path(temporary_name)
@@ -285,7 +311,7 @@ class Store:
         _check_layout_name(digest, extension)
         target = self.path_for(digest, extension)
         size = write_verified(
-            target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting
+            target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting, STORED_FILE_MODE
         )
         return StoredFile(target, digest, extension, size)
 
@@ -306,7 +332,15 @@ class Store:
         _check_layout_name(digest, extension)
         target = self.path_for(digest, extension)
         temporary, size = _write_temporary(
-            target, self.temporary_folder, digest, chunks, origin, expected_size, self.aborting, fsync=False
+            target,
+            self.temporary_folder,
+            digest,
+            chunks,
+            origin,
+            expected_size,
+            self.aborting,
+            fsync=False,
+            mode=STORED_FILE_MODE,
         )
         return StagedFile(target, digest, extension, size, temporary)
 

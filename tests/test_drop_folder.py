@@ -251,3 +251,62 @@ class TestWait:
             {"line": 2, "text": "not-a-hash", "reason": report["invalid_lines"][0]["reason"]}
         ]
         assert status["totals"]["wanted"] == 3
+
+
+class TestUserReports:
+    """Cases found by trying herbsync as a new user."""
+
+    def test_manifest_moved_in_from_elsewhere_read(self, seaweed, bucket, s3_table, specimens, start_daemon, tmp_path):
+        """A manifest moved in from another folder (a created event, no close) is read."""
+        digests = seaweed.upload_images(bucket, specimens[:2])
+        daemon = start_daemon(s3_table)
+        draft = tmp_path / "drafts" / "moved.txt"
+        draft.parent.mkdir()
+        draft.write_text("\n".join(digests))
+
+        draft.rename(daemon.manifests / "moved.txt")
+        report = daemon.wait_settled("moved.txt", 2)
+
+        assert report["complete"] is True
+
+    def test_stored_images_readable_by_others(self, seaweed, bucket, s3_table, specimens, start_daemon):
+        """Stored images are read-only and readable by other users (umask 022), not mode 0600."""
+        digests = seaweed.upload_images(bucket, specimens[:1])
+        daemon = start_daemon(s3_table)
+        daemon.drop_manifest("modes.txt", digests[0])
+        daemon.wait_settled("modes.txt", 1)
+
+        mode = daemon.stored(digests[0]).stat().st_mode & 0o777
+        report_mode = (daemon.state / "status" / "modes.txt.json").stat().st_mode & 0o777
+
+        assert mode == 0o444
+        assert report_mode == 0o644
+
+    def test_status_into_closed_pipe_is_quiet(self, s3_table, start_daemon):
+        """`herbsync status | head -c 1` ends without a traceback."""
+        daemon = start_daemon(s3_table)
+        command = f"{sys.executable} -m herbsync.cli status --config {daemon.config} | head -c 1"
+
+        result = subprocess.run(command, shell=True, capture_output=True, text=True)
+
+        assert "Traceback" not in result.stderr
+
+    def test_fetch_failures_leave_daemon_schedule(self, s3_table, start_daemon):
+        """A failed `herbsync fetch` reports the failure but records no retry in the shared state."""
+        daemon = start_daemon(s3_table)
+
+        result = _herbsync("fetch", "--no-progress", MISSING, config=daemon.config)
+
+        assert result.returncode == 1
+        assert MISSING in result.stderr
+        status = json.loads(_herbsync("status", "--json", config=daemon.config).stdout)
+        assert status["totals"]["failed"] == 0
+
+    def test_unknown_manifest_message_names_folder(self, s3_table, start_daemon):
+        """status of an unknown manifest says where manifests are read from."""
+        daemon = start_daemon(s3_table)
+
+        result = _herbsync("status", "nosuch.txt", config=daemon.config)
+
+        assert result.returncode == 1
+        assert str(daemon.manifests) in result.stderr

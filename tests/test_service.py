@@ -252,3 +252,16 @@ def test_example_config_is_valid():
     )
 
     assert result.returncode == 0, result.stderr
+
+
+def test_max_retry_below_first_retry_rejected(tmp_path):
+    """A retry cap below the first retry delay is rejected naming both keys."""
+    config = write_config(tmp_path / "r.toml", {"transfers": {"first_retry": 60, "max_retry": 10}})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "herbsync.cli", "config", "check", str(config)], capture_output=True, text=True
+    )
+
+    assert result.returncode != 0
+    assert "transfers.max_retry = 10" in result.stderr
+    assert "transfers.first_retry = 60" in result.stderr

@@ -19,7 +19,7 @@ import structlog
 
 from herbsync.digest import calculate_sha256
 from herbsync.errors import DigestMismatch, FileChanged, StoreError, StoreFull
-from herbsync.store import Store, copy_chunks
+from herbsync.store import STORED_FILE_MODE, Store, copy_chunks
 
 
 log = structlog.get_logger("herbsync.upload")
@@ -75,6 +75,7 @@ def link_into_store(store: Store, path: Path, digest: str, extension: str) -> Pa
         if actual != digest:
             msg = f"{path} changed after it was uploaded; it is uploaded again once it stays unchanged"
             raise FileChanged(msg)
+        os.chmod(link, STORED_FILE_MODE)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(link, target)
         _fsync_folder(target.parent)
