@@ -135,7 +135,7 @@ class HerbsyncDaemon(Tool):
         return herbsync_version()
 
     def describe(self) -> str:
-        return "herbsync run --config FILE, then rename the manifest into [manifests] path (defaults: workers = 8)"
+        return "herbsync run --config FILE, then rename the manifest into [manifests] path (default settings)"
 
     def mirror(self, job: Job, setting: int, server: ServerMeter) -> Outcome:
         paths = HerbsyncPaths.for_job(job)

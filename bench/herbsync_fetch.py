@@ -27,7 +27,7 @@ class HerbsyncFetch(CommandTool):
         return herbsync_version()
 
     def describe(self) -> str:
-        return "herbsync fetch --config FILE --no-progress MANIFEST (defaults: workers = 8)"
+        return "herbsync fetch --config FILE --no-progress MANIFEST (default settings)"
 
     def environment(self, job: Job, setting: int) -> dict[str, str]:
         return herbsync_environment(job)
