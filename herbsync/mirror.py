@@ -109,7 +109,7 @@ class RetryPolicy:
         """Return seconds until the next pass may retry an image that failed ``attempts`` times."""
         exponent = attempts - 1
         if kind in PERMANENT_KINDS:
-            # Missing or forbidden images rarely appear soon: start ten
+            # Missing or forbidden images rarely appear soon: start eight
             # times later so a wrong manifest does not hammer the server.
             exponent += 3
         delay = min(self.max_retry, self.first_retry * (2 ** min(exponent, 40)))
