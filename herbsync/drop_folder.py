@@ -140,7 +140,7 @@ class ProblemCollector:
 
 
 class DropFolder:
-    """The manifest folder and what the state knows of it."""
+    """The manifest folder and its records in the state."""
 
     def __init__(self, path: str | os.PathLike[str], state: State) -> None:
         self.path = Path(path)

@@ -27,7 +27,7 @@ from herbsync.store import Store
 
 @dataclass
 class FetchReport:
-    """What a one-shot fetch did."""
+    """The outcome of a one-shot fetch."""
 
     requested: int = 0
     fetched: int = 0

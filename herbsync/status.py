@@ -77,7 +77,7 @@ def write_json_atomically(target: Path, data: Any) -> None:
 
 
 def remove_stale_reports(state: State) -> None:
-    """Delete status reports of manifests the state no longer knows."""
+    """Delete status reports of manifests the state no longer records."""
     folder = state.folder / STATUS_FOLDER
     if not folder.is_dir():
         return

@@ -62,7 +62,7 @@ class StagedFile(StoredFile):
 
 @dataclass(frozen=True, slots=True)
 class CommitResult:
-    """What ``Store.commit`` did with one staged file: the placed file, or the error that stopped it."""
+    """The result of ``Store.commit`` for one staged file: the placed file, or the error that stopped it."""
 
     staged: StagedFile
     stored: StoredFile | None = None
@@ -78,7 +78,8 @@ def _check_layout_name(digest: str, extension: str) -> None:
         raise StoreError(msg)
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
+    """Make the entries of a folder (renames into it) durable."""
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
@@ -186,7 +187,7 @@ def write_verified(
         # Rename into place, then make the rename itself durable.
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temporary, target)
-        _fsync_directory(target.parent)
+        fsync_directory(target.parent)
     except OSError as error:
         temporary.unlink(missing_ok=True)
         _raise_store_error(error, target)
@@ -389,7 +390,7 @@ class Store:
         if not placed or sync_filesystem(self.root):
             return
         for folder in sorted({file.path.parent for file in placed}):
-            _fsync_directory(folder)
+            fsync_directory(folder)
 
     def _rename_staged(self, file: StagedFile) -> CommitResult:
         try:

@@ -103,8 +103,8 @@ def map_error_code(code: str, status: int, location: str) -> SourceError:
             "do not match their SHA-256 checksum; they were corrupted in transit, so try again"
         )
     if code in TRANSIENT_CODES or status >= 500:
-        return SourceUnavailable(f"{location}: server answered {code or status}")
-    return SourceError(f"{location}: server answered {code or status}")
+        return SourceUnavailable(f"{location}: server returned {code or status}")
+    return SourceError(f"{location}: server returned {code or status}")
 
 
 def log_client_retries(client: Any) -> None:

@@ -19,7 +19,7 @@ import structlog
 
 from herbsync.digest import calculate_sha256
 from herbsync.errors import DigestMismatch, FileChanged, StoreError, StoreFull
-from herbsync.store import STORED_FILE_MODE, Store, copy_chunks
+from herbsync.store import STORED_FILE_MODE, Store, copy_chunks, fsync_directory
 
 
 log = structlog.get_logger("herbsync.upload")
@@ -78,7 +78,7 @@ def link_into_store(store: Store, path: Path, digest: str, extension: str) -> Pa
         os.chmod(link, STORED_FILE_MODE)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(link, target)
-        _fsync_folder(target.parent)
+        fsync_directory(target.parent)
     except OSError as error:
         link.unlink(missing_ok=True)
         raise _store_error(error, target) from error
@@ -104,14 +104,6 @@ def _temporary_link(store: Store, path: Path) -> Path | None:
         log.debug("store.link_failed", path=str(path), error=error.strerror)
         return None
     return link
-
-
-def _fsync_folder(folder: Path) -> None:
-    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def _store_error(error: OSError, path: Path) -> StoreError:
