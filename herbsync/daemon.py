@@ -33,6 +33,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from herbsync.config import Settings, load_settings
+from herbsync.durability import WriteBack, recover
 from herbsync.drop_folder import DropFolder, is_manifest_name
 from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.evict import EvictionResult, Evictor
@@ -211,6 +212,7 @@ class Daemon:
         except (OSError, sqlite3.Error) as error:
             raise _folder_error("state folder", settings.state_path, error) from error
         self.folder = DropFolder(settings.manifests_path, self.state)
+        self.write_back = WriteBack(self.store)
         self.mirror = self._build_mirror(settings)
         self.metrics = Metrics()
         self.mirror.metrics = self.metrics
@@ -238,6 +240,7 @@ class Daemon:
     def _build_mirror(self, settings: Settings) -> Mirror:
         mirror = Mirror(self.store, self.source, self.state, settings.workers, _retry_policy(settings))
         mirror.grace = settings.shutdown_grace
+        mirror.write_back = self.write_back
         return mirror
 
     # Start and stop -----------------------------------------------------
@@ -245,6 +248,9 @@ class Daemon:
     def start(self) -> None:
         """Prepare folders, clean up after a crash, and start watching."""
         self.settings.manifests_path.mkdir(parents=True, exist_ok=True)
+        # Before READY, so no reader sees a file that a crash left unsynced.
+        recover(self.store)
+        self.write_back.start()
         removed = self.store.clean_temporary()
         if removed:
             log.info("store.cleaned", temporary_files=removed)
@@ -367,6 +373,7 @@ class Daemon:
             # A long upload is interrupted by store.aborting after the grace period.
             self.inbox.stop(grace=self.settings.shutdown_grace)
         self.mirror.close()
+        self.write_back.close()
         self.write_reports()
         removed = self.store.clean_temporary()
         self.state.close()

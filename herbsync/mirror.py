@@ -22,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from herbsync.digest import split_name
+from herbsync.durability import WriteBack
 from herbsync.errors import (
     AccessDenied,
     DigestMismatch,
@@ -147,7 +148,8 @@ class Mirror:
 
     Workers write and verify each download into the store's ``.tmp`` without
     syncing it. The thread that runs the pass then places the staged files in
-    batches (see ``Store.commit``) and records them only after that.
+    batches (see ``Store.commit``) and records them only after that. With a
+    ``write_back`` set, a batch counts once renamed, and is synced in the background.
     """
 
     def __init__(
@@ -185,6 +187,9 @@ class Mirror:
         self._staged: list[Outcome] = []
         self._oldest_staged_at = 0.0
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+        #: Where set, batches are renamed into place unsynced and this syncs
+        #: them in the background; otherwise each batch is synced before it counts.
+        self.write_back: WriteBack | None = None
 
     def close(self) -> None:
         """Stop the worker threads after their current fetch."""
@@ -371,7 +376,10 @@ class Mirror:
         staged = [outcome.stored for outcome in outcomes if isinstance(outcome.stored, StagedFile)]
         placed: list[Outcome] = []
         records: list[PresentRecord] = []
-        for outcome, commit in zip(outcomes, self.store.commit(staged), strict=True):
+        commits = self.store.commit(staged, sync=self.write_back is None)
+        if self.write_back is not None:
+            self.write_back.placed(commit.stored.path for commit in commits if commit.stored is not None)
+        for outcome, commit in zip(outcomes, commits, strict=True):
             if commit.stored is None:
                 self.record(dataclasses.replace(outcome, stored=None, error=commit.error), result)
                 continue

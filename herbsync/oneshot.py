@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from herbsync.config import Settings
 from herbsync.digest import extension_from_url, extract_sha256_from_url, normalize_extension
+from herbsync.durability import WriteBack, recover
 from herbsync.errors import InvalidDigest
 from herbsync.manifests import Entry, Problem, read_manifest
 from herbsync.mirror import Mirror, Outcome, RetryPolicy
@@ -65,6 +66,10 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
     source.prepare(settings.workers)
     mirror = Mirror(store, source, state, settings.workers, policy)
     mirror.record_failures = False
+    recover(store)
+    write_back = WriteBack(store)
+    write_back.start()
+    mirror.write_back = write_back
     name = f".fetch-{os.getpid()}"
 
     try:
@@ -90,6 +95,8 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
         report.failures = result.failures
     finally:
         mirror.close()
+        # The command exits only once every file it placed is on disk.
+        write_back.close()
         state.remove_manifest(name)
         state.close()
     return report

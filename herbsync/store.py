@@ -345,7 +345,7 @@ class Store:
         )
         return StagedFile(target, digest, extension, size, temporary)
 
-    def commit(self, staged: list[StagedFile]) -> list[CommitResult]:
+    def commit(self, staged: list[StagedFile], sync: bool = True) -> list[CommitResult]:
         """Make staged files durable, rename them into place, and make the renames durable.
 
         One ``syncfs`` of the store's filesystem comes before the renames and
@@ -354,9 +354,14 @@ class Store:
         Where ``syncfs`` is unavailable, each file and then each folder is
         fsynced instead. A file that cannot be placed gets its error in the
         result, and its temporary file is removed.
+
+        With ``sync=False`` the files are only renamed, and the caller makes
+        them durable later (see ``herbsync.durability``).
         """
         if not staged:
             return []
+        if not sync:
+            return [self._rename_staged(file) for file in staged]
         try:
             self._sync_before_rename(staged)
         except OSError as error:
