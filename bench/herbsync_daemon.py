@@ -165,21 +165,37 @@ class HerbsyncDaemon(Tool):
         return Outcome(Usage(seconds, cpu, peak_rss, server_cpu), first_file)
 
     def noop(self, job: Job, setting: int, server: ServerMeter) -> Outcome | None:
-        """Restart the daemon on its complete store and state: timed from the start to a complete report."""
+        """Time the same manifest dropped again into the running daemon, and a restart before that.
+
+        The restart runs from the process start to a complete report. The
+        drop runs from renaming the manifest in again to a fresh complete report.
+        """
         paths = HerbsyncPaths.for_job(job)
-        paths.status_file(MANIFEST_NAME).unlink(missing_ok=True)
+        status_file = paths.status_file(MANIFEST_NAME)
+        status_file.unlink(missing_ok=True)
         server_before = server.cpu_seconds()
         started = time.monotonic()
         daemon = DaemonRun(job, paths)
         try:
             daemon.wait_complete()
+            restart = Usage(
+                time.monotonic() - started, daemon.cpu_seconds(), daemon.peak_rss(), server.cpu_seconds() - server_before
+            )
+
+            daemon.wait_started()
+            status_file.unlink()
+            cpu_before = daemon.cpu_seconds()
+            server_before = server.cpu_seconds()
+            started = time.monotonic()
+            drop_manifest(paths.manifests, job.manifest)
+            daemon.wait_complete()
             seconds = time.monotonic() - started
-            cpu = daemon.cpu_seconds()
-            server_cpu = server.cpu_seconds() - server_before
-            peak_rss = daemon.peak_rss()
+            again = Usage(
+                seconds, daemon.cpu_seconds() - cpu_before, daemon.peak_rss(), server.cpu_seconds() - server_before
+            )
         except BaseException:
             daemon.kill()
             raise
 
         daemon.stop()
-        return Outcome(Usage(seconds, cpu, peak_rss, server_cpu))
+        return Outcome(again, extra={"restart": restart})

@@ -12,7 +12,8 @@ END_MARKER = "<!-- bench:results:end -->"
 REFERENCE_TOOL = "herbsync"
 
 NOOP_DESCRIPTIONS = {
-    "herbsync": "daemon restart, same manifest, to complete report",
+    "herbsync": "same manifest dropped again into the running daemon, to a fresh complete report",
+    "herbsync-restart": "daemon restart, same manifest, to complete report",
     "herbsync-fetch": "`herbsync fetch` again",
     "rclone": "`rclone copy` again (destination checked)",
     "s5cmd": "`s5cmd sync`",

@@ -123,6 +123,10 @@ class SetSession:
             if outcome is None:
                 return
             self._fill(record, outcome)
+            for key, usage in outcome.extra.items():
+                extra = RunRecord(self.data_set.name, f"{tool.name}-{key}", NOOP, round_number, setting)
+                self._fill(extra, Outcome(usage))
+                self.records.append(extra)
         self._check(record, job)
         self.records.append(record)
 

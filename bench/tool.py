@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.datasets import DataSet
@@ -37,6 +37,8 @@ class Outcome:
 
     usage: Usage
     first_file_seconds: float | None = None
+    #: Further measurements of the same run, reported as tool ``<name>-<key>``.
+    extra: dict[str, Usage] = field(default_factory=dict)
 
 
 class Tool(ABC):

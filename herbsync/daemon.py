@@ -481,9 +481,10 @@ class Daemon:
 
     def _handle(self, request: Request) -> bool:
         if request.kind == "read":
-            result = self.folder.read(request.name)
-            if result is None or result.changed:
-                self._changed.add(request.name)
+            self.folder.read(request.name)
+            # A manifest dropped again unchanged still gets a fresh report,
+            # so whoever dropped it sees that it was read.
+            self._changed.add(request.name)
             return True
         if request.kind == "withdraw":
             if (self.settings.manifests_path / request.name).exists():

@@ -15,8 +15,8 @@ import errno
 import hashlib
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -216,26 +216,23 @@ def _write_temporary(
     hasher = hashlib.sha256()
     size = 0
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary_name = tempfile.mkstemp(dir=folder, prefix=".part-")
-        # mkstemp creates mode 0600, which would hide images from other users.
-        os.fchmod(descriptor, mode)
+        descriptor, temporary = _create_temporary(folder, mode)
     except OSError as error:
         _raise_store_error(error, folder)
-    temporary = Path(temporary_name)
 
     try:
         # 1. Stream the bytes into the temporary file, hashing as they pass.
-        with os.fdopen(descriptor, "wb") as stream:
+        try:
             for chunk in chunks:
                 if abort is not None and abort.is_set():
                     raise TransferAborted(f"{origin}: transfer aborted by shutdown")
                 hasher.update(chunk)
-                stream.write(chunk)
+                _write_all(descriptor, chunk)
                 size += len(chunk)
-            stream.flush()
             if fsync:
-                os.fsync(stream.fileno())
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
         # 2. Compare digest and size before the file can reach a final path.
         actual = hasher.hexdigest()
@@ -250,6 +247,29 @@ def _write_temporary(
         temporary.unlink(missing_ok=True)
         raise
     return temporary, size
+
+
+def _create_temporary(folder: Path, mode: int) -> tuple[int, Path]:
+    """Create a new, empty, uniquely named file with ``mode`` in ``folder``; return its descriptor and path.
+
+    The folder is made only when the first try finds it missing, which saves
+    a ``mkdir`` call for every image.
+    """
+    path = folder / f".part-{secrets.token_hex(8)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, mode), path
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, mode), path
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    """Write all of ``data``, looping over the partial writes that ``os.write`` may make."""
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
 
 
 class Store:
@@ -399,8 +419,12 @@ class Store:
 
     def _rename_staged(self, file: StagedFile) -> CommitResult:
         try:
-            file.path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(file.temporary, file.path)
+            try:
+                os.replace(file.temporary, file.path)
+            except FileNotFoundError:
+                # The first image of an ``ab/cd`` folder makes the folder.
+                file.path.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(file.temporary, file.path)
         except OSError as error:
             file.temporary.unlink(missing_ok=True)
             return CommitResult(file, error=_store_error(error, file.path))

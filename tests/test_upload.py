@@ -738,7 +738,7 @@ def test_put_files_prints_hash_and_key(
         (first, specimens[11].stem, image_key(specimens[11].stem)),
         (second, specimens[12].stem, image_key(specimens[12].stem)),
     ]
-    assert results == expected
+    assert results == expected, printed.err
     for path, digest, key in expected:
         assert f"{digest}  {key}" in printed.out
         assert path.read_bytes() == (specimens[11] if path == first else specimens[12]).read_bytes()
