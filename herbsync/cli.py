@@ -140,11 +140,17 @@ def command_fetch(arguments: argparse.Namespace) -> int:
         print(f"invalid input: {problem}", file=sys.stderr)
     for digest, reason in sorted(report.failures.items()):
         print(f"failed {digest}: {reason}", file=sys.stderr)
+    if not report.synced:
+        print(
+            "error: syncing the store's filesystem failed, so the fetched images may not be on disk yet; "
+            "check the disk (see store.sync_failed in the log). The next start hashes them again.",
+            file=sys.stderr,
+        )
     print(
         f"{report.requested} requested: {report.fetched} fetched, "
         f"{report.present} already present, {len(report.failures)} failed"
     )
-    return EXIT_FAILED if report.failures or report.problems else EXIT_OK
+    return EXIT_FAILED if report.failures or report.problems or not report.synced else EXIT_OK
 
 
 def _masked(value: Any, key: str = "") -> Any:

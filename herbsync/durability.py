@@ -117,11 +117,11 @@ class WriteBack:
                 self._changed.wait(1.0)
             return self._synced_count >= target
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """Sync what is left, stop the thread, and remove the marker once everything is on disk.
 
-        When the last sync failed the marker stays, so the next start checks
-        the files placed since its time.
+        Returns False when the last sync failed. The marker then stays, so
+        the next start checks the files placed since its time.
         """
         synced = self.flush()
         with self._changed:
@@ -136,6 +136,7 @@ class WriteBack:
             os.close(self._descriptor)
             self._descriptor = None
             self._marker = None
+        return synced
 
     def _run(self) -> None:
         while True:

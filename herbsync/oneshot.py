@@ -35,6 +35,8 @@ class FetchReport:
     present: int = 0
     failures: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: False when the fetched images could not be confirmed on disk.
+    synced: bool = True
 
 
 def _entries_of_argument(argument: str, report: FetchReport) -> Iterator[Entry]:
@@ -42,7 +44,8 @@ def _entries_of_argument(argument: str, report: FetchReport) -> Iterator[Entry]:
     if path.is_file():
         for item in read_manifest(path):
             if isinstance(item, Problem):
-                report.problems.append(f"{argument}:{item.line}: {item.text!r}: {item.reason}")
+                where = argument if item.line is None else f"{argument}:{item.line}"
+                report.problems.append(f"{where}: {item.text!r}: {item.reason}")
             else:
                 yield item
         return
@@ -96,7 +99,7 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
     finally:
         mirror.close()
         # The command exits only once every file it placed is on disk.
-        write_back.close()
+        report.synced = write_back.close()
         state.remove_manifest(name)
         state.close()
     return report

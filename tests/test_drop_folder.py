@@ -302,6 +302,18 @@ class TestUserReports:
         status = json.loads(_herbsync("status", "--json", config=daemon.config).stdout)
         assert status["totals"]["failed"] == 0
 
+    def test_fetch_of_empty_manifest_names_file(self, s3_table, start_daemon, tmp_path):
+        """`herbsync fetch` of a manifest with no hashes names the file, with no line number."""
+        daemon = start_daemon(s3_table)
+        empty = tmp_path / "empty.txt"
+        empty.write_text("# no hashes yet\n", encoding="utf-8")
+
+        result = _herbsync("fetch", "--no-progress", str(empty), config=daemon.config)
+
+        assert result.returncode == 1
+        assert f"invalid input: {empty}: " in result.stderr
+        assert "None" not in result.stderr
+
     def test_unknown_manifest_message_names_folder(self, s3_table, start_daemon):
         """status of an unknown manifest says where manifests are read from."""
         daemon = start_daemon(s3_table)

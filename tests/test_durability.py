@@ -21,7 +21,9 @@ from storecheck import unexpected_store_files
 import herbsync.durability
 import herbsync.store
 from herbsync.durability import CLOCK_MARGIN_NS, UNSYNCED_FOLDER, WriteBack, recover
+from herbsync.config import load_settings
 from herbsync.errors import StoreError
+from herbsync.oneshot import fetch_once
 from herbsync.store import Store
 
 
@@ -235,20 +237,39 @@ def test_daemon_refetches_file_lost_in_crash(seaweed, bucket, s3_table, specimen
     assert _markers(store) == []
 
 
-def test_fetch_leaves_no_marker(seaweed, bucket, specimens, tmp_path, s3_table):
-    """``herbsync fetch`` exits with every file synced and its marker removed."""
-    digests = seaweed.upload_images(bucket, specimens[:2])
-    store = tmp_path / "store"
-    config = tmp_path / "herbsync.toml"
-    write_config(
-        config,
+def _fetch_config(tmp_path: Path, s3_table: dict[str, object]) -> Path:
+    return write_config(
+        tmp_path / "herbsync.toml",
         {
-            "store": {"path": str(store)},
+            "store": {"path": str(tmp_path / "store")},
             "manifests": {"path": str(tmp_path / "manifests")},
             "state": {"path": str(tmp_path / "state")},
             "source": s3_table,
         },
     )
+
+
+def test_fetch_reports_failed_sync(seaweed, bucket, specimens, tmp_path, s3_table, monkeypatch):
+    """A fetch whose final sync fails says so and keeps its marker for the next start."""
+    digests = seaweed.upload_images(bucket, specimens[:2])
+    settings = load_settings(_fetch_config(tmp_path, s3_table))
+
+    def failing_sync(path: Path) -> bool:
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(herbsync.durability, "sync_filesystem", failing_sync)
+    report = fetch_once(settings, digests, progress=False)
+
+    assert report.fetched == 2
+    assert report.synced is False
+    assert len(_markers(Store(settings.store_path))) == 1
+
+
+def test_fetch_leaves_no_marker(seaweed, bucket, specimens, tmp_path, s3_table):
+    """``herbsync fetch`` exits with every file synced and its marker removed."""
+    digests = seaweed.upload_images(bucket, specimens[:2])
+    store = tmp_path / "store"
+    config = _fetch_config(tmp_path, s3_table)
 
     finished = subprocess.run(
         [sys.executable, "-m", "herbsync.cli", "fetch", "--config", str(config), "--no-progress", *digests],
