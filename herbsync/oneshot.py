@@ -66,7 +66,6 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
     store = Store(settings.store_path)
     policy = RetryPolicy(attempts=settings.attempts, backoff=settings.backoff)
     source = build_source(settings.source)
-    source.prepare(settings.workers)
     mirror = Mirror(store, source, state, settings.workers, policy)
     mirror.record_failures = False
     recover(store)
@@ -80,6 +79,8 @@ def fetch_once(settings: Settings, arguments: list[str], progress: bool = True) 
         record = ManifestRecord(name, 0, 0, "", [], 0)
         report.requested, _ = state.replace_manifest(record, entries)
         report.present = report.requested - len(state.pending(float("inf"), limit=report.requested + 1, manifest=name))
+        if report.present < report.requested:
+            source.prepare(settings.workers)
         bar = tqdm(
             total=report.requested - report.present,
             unit="image",

@@ -10,10 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import structlog
-from botocore import UNSIGNED
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from herbsync.digest import (
@@ -235,6 +232,13 @@ class S3ImageSource(ImageSource):
         return self._getter
 
     def _build_client(self) -> Any:
+        # Imported here because boto3 takes about 0.2 s to import, which
+        # commands that never reach S3 (status, wait, a fetch with nothing
+        # to fetch) should not pay.
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
         # Path-style addressing is what S3-compatible servers expect, and it
         # is the only style that works with dotted bucket names there.
         config = Config(
