@@ -70,11 +70,12 @@ def _test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def bucket(seaweed: SeaweedServer) -> str:
-    """A new, empty bucket with a dotted name, like the production one."""
+def bucket(seaweed: SeaweedServer) -> Iterator[str]:
+    """A new, empty bucket with a dotted name, like the production one; deleted after the test."""
     name = f"herbsync.test-{next(_bucket_numbers)}-{os.getpid()}"
     seaweed.create_bucket(name)
-    return name
+    yield name
+    seaweed.delete_bucket(name)
 
 
 @pytest.fixture

@@ -358,6 +358,23 @@ class SeaweedServer:
         finally:
             s3.close()
 
+    def delete_bucket(self, name: str) -> None:
+        """Delete bucket ``name`` with its objects, which frees its SeaweedFS volumes.
+
+        Each bucket is a SeaweedFS collection with volumes of its own, and
+        ``weed mini`` allows only as many volumes as its free disk space
+        holds, so a long test session deletes the buckets it no longer needs.
+        SeaweedFS deletes a bucket that still contains objects, unlike AWS.
+        """
+        s3 = self.client()
+        try:
+            s3.delete_bucket(Bucket=name)
+        except ClientError as error:
+            if error.response["Error"]["Code"] != "NoSuchBucket":
+                raise
+        finally:
+            s3.close()
+
     def upload_images(
         self,
         bucket: str,
