@@ -237,6 +237,11 @@ class Daemon:
         )
         self.last_eviction: EvictionResult | None = None
 
+    def _report_recovery(self, scanned: int, hashed: int) -> None:
+        """Keep systemd's start timeout away while ``recover`` walks a large store."""
+        status = f"checking the store after an unclean stop: {scanned} files scanned, {hashed} hashed"
+        self.notifier.extend_start(status)
+
     def _build_mirror(self, settings: Settings) -> Mirror:
         mirror = Mirror(self.store, self.source, self.state, settings.workers, _retry_policy(settings))
         mirror.grace = settings.shutdown_grace
@@ -249,7 +254,7 @@ class Daemon:
         """Prepare folders, clean up after a crash, and start watching."""
         self.settings.manifests_path.mkdir(parents=True, exist_ok=True)
         # Before READY, so no reader sees a file that a crash left unsynced.
-        recover(self.store)
+        recover(self.store, progress=self._report_recovery)
         self.write_back.start()
         removed = self.store.clean_temporary()
         if removed:

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -42,6 +42,9 @@ from herbsync.store import Store, fsync_directory, sync_filesystem
 log = structlog.get_logger("herbsync.durability")
 
 UNSYNCED_FOLDER = ".unsynced"
+
+#: Files scanned between two calls of ``recover``'s progress callback.
+PROGRESS_EVERY = 10_000
 
 #: Slack for comparing file ctimes with a marker's time. The kernel stamps
 #: ctime from a coarse clock that may lag the current time by some milliseconds.
@@ -200,10 +203,12 @@ class WriteBack:
         self._marker = renamed
 
 
-def recover(store: Store) -> list[Path]:
+def recover(store: Store, progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Check the files that writers which died may have left unsynced; return those quarantined.
 
-    Markers of writers still running are locked and left alone.
+    Markers of writers still running are locked and left alone. A store of
+    millions of files takes a while to walk, so ``progress`` (if given) is
+    called with the files scanned and hashed so far every ``PROGRESS_EVERY`` files.
     """
     folder = store.root / UNSYNCED_FOLDER
     try:
@@ -225,7 +230,7 @@ def recover(store: Store) -> list[Path]:
             if synced_before_ns is None:
                 log.warning("store.marker_unknown", marker=str(marker), action="remove this file")
                 continue
-            quarantined += _check_changed_since(store, synced_before_ns - CLOCK_MARGIN_NS, marker)
+            quarantined += _check_changed_since(store, synced_before_ns - CLOCK_MARGIN_NS, marker, progress)
             sync_filesystem(store.root)
             marker.unlink(missing_ok=True)
         finally:
@@ -247,11 +252,15 @@ def _lock_if_abandoned(marker: Path) -> int | None:
     return descriptor
 
 
-def _check_changed_since(store: Store, since_ns: int, marker: Path) -> list[Path]:
+def _check_changed_since(
+    store: Store, since_ns: int, marker: Path, progress: Callable[[int, int], None] | None
+) -> list[Path]:
     """Hash every stored file with a ctime of ``since_ns`` or later; quarantine those that differ."""
     checked = 0
     quarantined = []
-    for stored in store.iter_files():
+    for scanned, stored in enumerate(store.iter_files(), start=1):
+        if progress is not None and scanned % PROGRESS_EVERY == 0:
+            progress(scanned, checked)
         try:
             changed_ns = stored.path.stat().st_ctime_ns
         except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""systemd service notifications (``sd_notify``): READY, STATUS, WATCHDOG, RELOADING, STOPPING.
+"""systemd service notifications (``sd_notify``): READY, STATUS, WATCHDOG, RELOADING, STOPPING, EXTEND_TIMEOUT_USEC.
 
 Uses the ``sdnotify`` package, a small pure-Python client of the protocol:
 it needs no libsystemd headers to install, unlike ``systemd-python``. Outside
@@ -39,6 +39,10 @@ class Notifier:
     def status(self, text: str) -> None:
         """Set the one-line status shown by ``systemctl status``."""
         self._send(f"STATUS={text}")
+
+    def extend_start(self, status: str, seconds: float = 120.0) -> None:
+        """Ask systemd for ``seconds`` more before its start timeout (EXTEND_TIMEOUT_USEC), showing ``status``."""
+        self._send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}\nSTATUS={status}")
 
     def reloading(self) -> None:
         """Tell systemd that a configuration reload has started."""

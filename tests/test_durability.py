@@ -152,6 +152,22 @@ def test_recover_trusts_files_synced_before_marker(tmp_path):
     assert not marker.exists()
 
 
+def test_recover_reports_progress(tmp_path, monkeypatch):
+    """The walk after a crash calls its progress callback as it goes, for systemd's start timeout."""
+    monkeypatch.setattr(herbsync.durability, "PROGRESS_EVERY", 2)
+    store = Store(tmp_path)
+    for number in range(5):
+        digest, data = _blob(number)
+        _write_unsynced(store, digest, data)
+    _abandoned_marker(store, time.time_ns())
+    calls: list[tuple[int, int]] = []
+
+    recover(store, progress=lambda scanned, hashed: calls.append((scanned, hashed)))
+
+    assert [scanned for scanned, _ in calls] == [2, 4]
+    assert all(hashed <= scanned for scanned, hashed in calls)
+
+
 def test_recover_skips_running_writer(tmp_path):
     """A marker whose writer still runs is locked, so its files are left to that writer."""
     store = Store(tmp_path)
