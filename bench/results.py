@@ -85,9 +85,18 @@ class Results:
         return sorted(found, key=lambda run: run.round)
 
     def tools(self) -> list[str]:
-        """Return the names of the tools that ran, in the order they were given."""
-        ran = {run.tool for run in self.runs}
-        return [name for name in self.commands if name in ran]
+        """Return the names of the tools that ran, in the order given, then extra names such as ``herbsync-restart``."""
+        ran = list(dict.fromkeys(run.tool for run in self.runs))
+        given = [name for name in self.commands if name in ran]
+        return given + [name for name in ran if name not in self.commands]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Results:
+        """Rebuild results from the dict that ``save`` wrote as JSON."""
+        fields = dict(data)
+        fields["sets"] = [SetInfo(**info) for info in data.get("sets", [])]
+        fields["runs"] = [RunRecord(**run) for run in data.get("runs", [])]
+        return cls(**fields)
 
     def save(self, path: Path) -> None:
         """Write the results as JSON."""

@@ -21,7 +21,7 @@ from bench.machine import describe_machine, load_average, software_versions
 from bench.measure import ServerMeter
 from bench.peers import all_peers
 from bench.report import render, write_markdown
-from bench.results import Results, SetInfo
+from bench.results import Results, SetInfo, load_results
 from bench.session import Options, SetSession
 from bench.tool import Tool
 from herbsync.testing.seaweed import SeaweedServer
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for the server data, targets and logs, kept afterwards (default: a temporary folder, removed)",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: write the results in a file saved with --json into the Markdown file",
+    )
     parser.add_argument(
         "--markdown",
         type=Path,
@@ -153,10 +159,20 @@ def run_benchmark(arguments: argparse.Namespace, data_sets: list[DataSet], workd
     return results
 
 
+def render_saved(saved: Path, markdown: Path) -> int:
+    """Write the results of an earlier run, saved with ``--json``, into ``markdown``."""
+    results = Results.from_dict(load_results(saved))
+    write_markdown(markdown, render(results))
+    print(f"results of {saved} written to {markdown}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; return 0 when every run left a complete target, else 1."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
+    if arguments.render is not None:
+        return render_saved(arguments.render, arguments.markdown or DEFAULT_MARKDOWN)
     try:
         data_sets = select_sets(arguments.sets.split(",") if arguments.sets else None, arguments.quick)
     except ValueError as error:
