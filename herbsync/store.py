@@ -363,6 +363,15 @@ class Store:
             fsync=False,
             mode=STORED_FILE_MODE,
         )
+
+        # The image's ``ab/cd`` folder is made here, on the caller's thread,
+        # because making a folder can take a millisecond and ``commit`` runs
+        # on the one thread that places every batch.
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            _raise_store_error(error, target.parent)
         return StagedFile(target, digest, extension, size, temporary)
 
     def commit(self, staged: list[StagedFile], sync: bool = True) -> list[CommitResult]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 
 import pytest
 
@@ -64,8 +65,8 @@ def test_commit_reports_failed_rename(tmp_path):
     (good_digest, good_data), (bad_digest, bad_data) = _blob(1), _blob(2)
     good = store.stage(good_digest, "jpg", [good_data], "test")
     bad = store.stage(bad_digest, "jpg", [bad_data], "test")
-    # A plain file where the first-level folder should be makes mkdir fail.
-    bad.path.parent.parent.parent.mkdir(parents=True, exist_ok=True)
+    # A plain file where the first-level folder should be makes the rename fail.
+    shutil.rmtree(bad.path.parent.parent)
     bad.path.parent.parent.write_bytes(b"")
 
     results = store.commit([good, bad])
@@ -75,6 +76,29 @@ def test_commit_reports_failed_rename(tmp_path):
     assert results[1].stored is None
     assert isinstance(results[1].error, StoreError)
     assert not bad.temporary.exists()
+    assert os.listdir(store.temporary_folder) == []
+
+
+def test_stage_makes_image_folder(tmp_path):
+    """Staging makes the image's ab/cd folder, so commit only renames."""
+    store = Store(tmp_path)
+    digest, data = _blob(1)
+
+    staged = store.stage(digest, "jpg", [data], "test")
+
+    assert staged.path.parent.is_dir()
+    assert not staged.path.exists()
+
+
+def test_stage_reports_folder_it_cannot_make(tmp_path):
+    """A plain file where the ab folder belongs fails the stage, naming the folder, with nothing left in .tmp."""
+    store = Store(tmp_path)
+    digest, data = _blob(1)
+    store.path_for(digest, "jpg").parent.parent.write_bytes(b"")
+
+    with pytest.raises(StoreError, match=digest[0:2]):
+        store.stage(digest, "jpg", [data], "test")
+
     assert os.listdir(store.temporary_folder) == []
 
 
