@@ -91,6 +91,7 @@ class WriteBack:
     def start(self) -> None:
         """Create the marker durably and start the sync thread."""
         marker = self.folder / _marker_name(self._identity, time.time_ns())
+        descriptor: int | None = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(marker, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -98,6 +99,8 @@ class WriteBack:
             os.fsync(descriptor)
             fsync_directory(self.folder)
         except OSError as error:
+            if descriptor is not None:
+                os.close(descriptor)
             msg = f"cannot create {marker}: {error.strerror or error}; check that the store folder is writable"
             raise StoreError(msg) from error
         self._marker, self._descriptor = marker, descriptor
@@ -181,14 +184,22 @@ class WriteBack:
 
     @staticmethod
     def _fsync_each(paths: list[Path]) -> None:
+        # A file or folder removed since it was placed (evicted or
+        # quarantined, say) needs no sync.
         for path in paths:
-            descriptor = os.open(path, os.O_RDONLY)
+            try:
+                descriptor = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
             try:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
         for folder in sorted({path.parent for path in paths}):
-            fsync_directory(folder)
+            try:
+                fsync_directory(folder)
+            except FileNotFoundError:
+                continue
 
     def _advance_marker(self, synced_before_ns: int) -> None:
         """Rename the marker to the time before which every placed file is on disk."""

@@ -102,6 +102,23 @@ def test_write_back_without_syncfs(tmp_path, monkeypatch):
     write_back.close()
 
 
+def test_write_back_skips_removed_file(tmp_path, monkeypatch):
+    """Without syncfs, a file removed before its sync (evicted, say) does not fail the sync."""
+    monkeypatch.setattr(herbsync.store, "_syncfs", None)
+    store = Store(tmp_path)
+    write_back = WriteBack(store)
+    write_back.start()
+
+    staged = [store.stage(digest, "jpg", [data], "test") for digest, data in (_blob(1), _blob(2))]
+    paths = [result.stored.path for result in store.commit(staged, sync=False) if result.stored is not None]
+    paths[0].unlink()
+    write_back.placed(paths)
+
+    assert write_back.flush() is True
+    assert write_back.close() is True
+    assert _markers(store) == []
+
+
 def test_failed_sync_keeps_marker(tmp_path, monkeypatch):
     """A sync that fails leaves the marker at its old time, so a restart checks those files."""
     store = Store(tmp_path)
