@@ -33,8 +33,8 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from herbsync.config import Settings, load_settings
-from herbsync.durability import WriteBack, recover
 from herbsync.drop_folder import DropFolder, is_manifest_name
+from herbsync.durability import WriteBack, recover
 from herbsync.errors import ConfigError, HerbsyncError
 from herbsync.evict import EvictionResult, Evictor
 from herbsync.lock import StoreLock
