@@ -85,10 +85,10 @@ class Results:
         return sorted(found, key=lambda run: run.round)
 
     def tools(self) -> list[str]:
-        """Return the names of the tools that ran, in the order given, then extra names such as ``herbsync-restart``."""
+        """Return the names of the tools that ran in command-line order, then extra names like ``herbsync-restart``."""
         ran = list(dict.fromkeys(run.tool for run in self.runs))
-        given = [name for name in self.commands if name in ran]
-        return given + [name for name in ran if name not in self.commands]
+        requested = [name for name in self.commands if name in ran]
+        return requested + [name for name in ran if name not in self.commands]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Results:

@@ -488,7 +488,7 @@ class Daemon:
         if request.kind == "read":
             self.folder.read(request.name)
             # A manifest dropped again unchanged still gets a fresh report,
-            # so whoever dropped it sees that it was read.
+            # so the person or pipeline that dropped it sees that it was read.
             self._changed.add(request.name)
             return True
         if request.kind == "withdraw":

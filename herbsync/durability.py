@@ -36,7 +36,7 @@ from pathlib import Path
 import structlog
 
 from herbsync.errors import StoreError
-from herbsync.store import Store, fsync_directory, sync_filesystem
+from herbsync.store import Store, fsync_directory, fsync_file, sync_filesystem
 
 
 log = structlog.get_logger("herbsync.durability")
@@ -188,13 +188,9 @@ class WriteBack:
         # quarantined, say) needs no sync.
         for path in paths:
             try:
-                descriptor = os.open(path, os.O_RDONLY)
+                fsync_file(path)
             except FileNotFoundError:
                 continue
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
         for folder in sorted({path.parent for path in paths}):
             try:
                 fsync_directory(folder)

@@ -120,7 +120,8 @@ def sync_filesystem(path: Path) -> bool:
     return True
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Make a file's data and size durable."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -418,7 +419,7 @@ class Store:
         if sync_filesystem(self.temporary_folder):
             return
         for file in staged:
-            _fsync_file(file.temporary)
+            fsync_file(file.temporary)
 
     def _sync_after_rename(self, placed: list[StoredFile]) -> None:
         if not placed or sync_filesystem(self.root):
@@ -431,7 +432,8 @@ class Store:
             try:
                 os.replace(file.temporary, file.path)
             except FileNotFoundError:
-                # The first image of an ``ab/cd`` folder makes the folder.
+                # ``stage`` made the folder, but something outside herbsync
+                # may have removed it since.
                 file.path.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(file.temporary, file.path)
         except OSError as error:

@@ -1,8 +1,8 @@
 """Background syncing of placed files, and the check of unsynced files after a crash.
 
-A power cut cannot be caused in a test, so the crash tests build what one
-leaves behind: a marker of a writer that died and a stored file whose bytes
-never reached the disk (here, wrong bytes at a layout path).
+A test cannot cut the power, so the crash tests build what a power cut
+leaves behind. That is the marker of a writer that died, and a stored file
+whose bytes never reached the disk (here, wrong bytes at a layout path).
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def _fetch_config(tmp_path: Path, s3_table: dict[str, object]) -> Path:
 
 
 def test_fetch_reports_failed_sync(seaweed, bucket, specimens, tmp_path, s3_table, monkeypatch):
-    """A fetch whose final sync fails says so and keeps its marker for the next start."""
+    """A fetch whose final sync fails reports it and keeps its marker for the next start."""
     digests = seaweed.upload_images(bucket, specimens[:2])
     settings = load_settings(_fetch_config(tmp_path, s3_table))
 
