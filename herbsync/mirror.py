@@ -36,7 +36,7 @@ from herbsync.errors import (
 from herbsync.metrics import Metrics
 from herbsync.sources.base import ImageSource
 from herbsync.state import PresentRecord, State, Want
-from herbsync.store import StagedFile, Store, StoredFile
+from herbsync.store import StagedFile, Store, StoredFile, VerifiedWriter
 
 
 log = structlog.get_logger("herbsync.mirror")
@@ -89,6 +89,11 @@ class StagingSink:
         expected_size: int | None = None,
     ) -> StagedFile:
         return self.store.stage(digest, extension, chunks, origin, expected_size)
+
+    def open_writer(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StagedFile]:
+        return self.store.open_staged(digest, extension, origin, expected_size)
 
 
 @dataclass(frozen=True)

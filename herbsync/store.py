@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Generic, NoReturn, TypeVar
 
 from herbsync.digest import (
     CHUNK_SIZE,
@@ -180,74 +180,140 @@ def write_verified(
     file is removed and ``target`` is left as it was. Raises ``DigestMismatch``,
     ``SizeMismatch``, ``StoreFull`` or ``StoreError``.
     """
-    folder = temporary_folder or target.parent
-    temporary, size = _write_temporary(
-        target, folder, digest, chunks, origin, expected_size, abort, fsync=True, mode=mode
-    )
-    try:
+    writer = open_verified(target, digest, origin, temporary_folder, expected_size, abort, mode)
+    return write_chunks(writer, chunks).size
+
+
+def open_verified(
+    target: Path,
+    digest: str,
+    origin: str,
+    temporary_folder: Path | None = None,
+    expected_size: int | None = None,
+    abort: threading.Event | None = None,
+    mode: int = FILE_MODE,
+    extension: str = DEFAULT_EXTENSION,
+) -> VerifiedWriter[StoredFile]:
+    """Open a writer whose ``finish`` fsyncs, checks and renames the bytes over ``target``.
+
+    This is ``write_verified`` for callers that receive the bytes in
+    callbacks instead of iterating over them.
+    """
+
+    def rename_into_place(temporary: Path, size: int) -> StoredFile:
         # Rename into place, then make the rename itself durable.
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temporary, target)
         fsync_directory(target.parent)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        _raise_store_error(error, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return size
+        return StoredFile(target, digest, extension, size)
+
+    folder = temporary_folder or target.parent
+    return VerifiedWriter(target, folder, digest, origin, rename_into_place, expected_size, abort, True, mode)
 
 
-def _write_temporary(
-    target: Path,
-    folder: Path,
-    digest: str,
-    chunks: Iterable[bytes],
-    origin: str,
-    expected_size: int | None,
-    abort: threading.Event | None,
-    fsync: bool,
-    mode: int = FILE_MODE,
-) -> tuple[Path, int]:
-    """Write ``chunks`` to a new temporary file in ``folder`` and check them; return its path and size.
+Kept = TypeVar("Kept")
 
-    ``target`` is the final path the bytes are meant for, named in errors. The file is removed again when the bytes do not hash to ``digest``, when
-    the size differs from ``expected_size``, and on any other failure.
+
+class VerifiedWriter(Generic[Kept]):
+    """A new temporary file that bytes are pushed into, hashed as they pass, and kept only if they match.
+
+    ``write`` appends a chunk. ``finish`` checks the SHA-256 and the size,
+    then passes the temporary file and its size to ``keep``, which renames
+    or stages it, and returns what ``keep`` returns. ``discard`` removes the
+    file. After a failed check or any other error in ``finish``, the
+    temporary file is gone. ``target`` is the final path, named in errors.
+    A writer is used by one thread at a time.
     """
-    hasher = hashlib.sha256()
-    size = 0
-    try:
-        descriptor, temporary = _create_temporary(folder, mode)
-    except OSError as error:
-        _raise_store_error(error, folder)
 
-    try:
-        # 1. Stream the bytes into the temporary file, hashing as they pass.
+    def __init__(
+        self,
+        target: Path,
+        folder: Path,
+        digest: str,
+        origin: str,
+        keep: Callable[[Path, int], Kept],
+        expected_size: int | None = None,
+        abort: threading.Event | None = None,
+        fsync: bool = False,
+        mode: int = FILE_MODE,
+    ) -> None:
+        self.target = target
+        self.digest = digest
+        self.origin = origin
+        self.expected_size = expected_size
+        #: Bytes written so far.
+        self.size = 0
+        self._keep = keep
+        self._abort = abort
+        self._fsync = fsync
+        self._hasher = hashlib.sha256()
         try:
-            for chunk in chunks:
-                if abort is not None and abort.is_set():
-                    raise TransferAborted(f"{origin}: transfer aborted by shutdown")
-                hasher.update(chunk)
-                _write_all(descriptor, chunk)
-                size += len(chunk)
+            self._descriptor: int | None
+            self._descriptor, self.temporary = _create_temporary(folder, mode)
+        except OSError as error:
+            _raise_store_error(error, folder)
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Hash and append ``chunk``; raise ``TransferAborted`` once the abort event is set."""
+        if self._abort is not None and self._abort.is_set():
+            raise TransferAborted(f"{self.origin}: transfer aborted by shutdown")
+        if self._descriptor is None:
+            raise StoreError(f"cannot write {self.target}: the temporary file is already closed")
+
+        self._hasher.update(chunk)
+        try:
+            _write_all(self._descriptor, chunk)
+        except OSError as error:
+            _raise_store_error(error, self.target)
+        self.size += len(chunk)
+
+    def finish(self) -> Kept:
+        """Close the file, compare digest and size, and keep it; raise ``DigestMismatch`` or ``SizeMismatch``."""
+        try:
+            self._close(self._fsync)
+
+            # Compare digest and size before the file can reach a final path.
+            actual = self._hasher.hexdigest()
+            if actual != self.digest:
+                raise DigestMismatch(self.digest, actual, self.origin)
+            if self.expected_size is not None and self.size != self.expected_size:
+                raise SizeMismatch(self.digest, self.expected_size, self.size)
+            return self._keep(self.temporary, self.size)
+        except OSError as error:
+            self.discard()
+            _raise_store_error(error, self.target)
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Close and remove the temporary file. Safe to call more than once."""
+        try:
+            self._close(fsync=False)
+        except OSError:
+            pass
+        self.temporary.unlink(missing_ok=True)
+
+    def _close(self, fsync: bool) -> None:
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is None:
+            return
+        try:
             if fsync:
                 os.fsync(descriptor)
         finally:
             os.close(descriptor)
 
-        # 2. Compare digest and size before the file can reach a final path.
-        actual = hasher.hexdigest()
-        if actual != digest:
-            raise DigestMismatch(digest, actual, origin)
-        if expected_size is not None and size != expected_size:
-            raise SizeMismatch(digest, expected_size, size)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        _raise_store_error(error, target)
+
+def write_chunks(writer: VerifiedWriter[Kept], chunks: Iterable[bytes]) -> Kept:
+    """Push every chunk into ``writer`` and finish it; discard the file if anything fails."""
+    try:
+        for chunk in chunks:
+            writer.write(chunk)
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        writer.discard()
         raise
-    return temporary, size
+    return writer.finish()
 
 
 def _create_temporary(folder: Path, mode: int) -> tuple[int, Path]:
@@ -330,12 +396,24 @@ class Store:
         Raises ``StoreError`` before writing anything when ``digest`` or
         ``extension`` could not form a layout name.
         """
+        return write_chunks(self.open_writer(digest, extension, origin, expected_size), chunks)
+
+    def open_writer(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StoredFile]:
+        """Open a writer whose ``finish`` places the bytes under the layout path, as ``place`` does."""
         _check_layout_name(digest, extension)
         target = self.path_for(digest, extension)
-        size = write_verified(
-            target, digest, chunks, origin, self.temporary_folder, expected_size, self.aborting, STORED_FILE_MODE
+        return open_verified(
+            target,
+            digest,
+            origin,
+            self.temporary_folder,
+            expected_size,
+            self.aborting,
+            STORED_FILE_MODE,
+            extension,
         )
-        return StoredFile(target, digest, extension, size)
 
     def stage(
         self,
@@ -351,29 +429,33 @@ class Store:
         ``commit`` is called with the returned file, and a temporary file left
         by a crash is removed by ``clean_temporary``.
         """
+        return write_chunks(self.open_staged(digest, extension, origin, expected_size), chunks)
+
+    def open_staged(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StagedFile]:
+        """Open a writer whose ``finish`` returns the verified file staged, as ``stage`` does."""
         _check_layout_name(digest, extension)
         target = self.path_for(digest, extension)
-        temporary, size = _write_temporary(
+
+        def make_folder(temporary: Path, size: int) -> StagedFile:
+            # The image's ``ab/cd`` folder is made here, on the caller's thread,
+            # because making a folder can take a millisecond and ``commit`` runs
+            # on the one thread that places every batch.
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return StagedFile(target, digest, extension, size, temporary)
+
+        return VerifiedWriter(
             target,
             self.temporary_folder,
             digest,
-            chunks,
             origin,
+            make_folder,
             expected_size,
             self.aborting,
             fsync=False,
             mode=STORED_FILE_MODE,
         )
-
-        # The image's ``ab/cd`` folder is made here, on the caller's thread,
-        # because making a folder can take a millisecond and ``commit`` runs
-        # on the one thread that places every batch.
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            temporary.unlink(missing_ok=True)
-            _raise_store_error(error, target.parent)
-        return StagedFile(target, digest, extension, size, temporary)
 
     def commit(self, staged: list[StagedFile], sync: bool = True) -> list[CommitResult]:
         """Make staged files durable, rename them into place, and make the renames durable.

@@ -25,7 +25,7 @@ def proxy(seaweed) -> Iterator[FaultProxy]:
 def source(proxy, bucket, monkeypatch) -> S3ImageSource:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
-    return S3ImageSource(bucket, region="us-east-1", endpoint_url=proxy.url, read_timeout=2.0)
+    return S3ImageSource(bucket, region="us-east-1", endpoint_url=proxy.url, read_timeout=2.0, use_crt=False)
 
 
 def test_redact_removes_query():

@@ -14,7 +14,7 @@ import structlog
 
 from herbsync.digest import normalize_digest
 from herbsync.errors import HerbsyncError, SourceError
-from herbsync.store import StoredFile, write_verified
+from herbsync.store import StoredFile, VerifiedWriter, open_verified, write_chunks
 
 
 log = structlog.get_logger("herbsync.sources")
@@ -34,6 +34,12 @@ class Sink(Protocol):
         """Write the bytes if they hash to ``digest``, else raise ``DigestMismatch``."""
         ...
 
+    def open_writer(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StoredFile]:
+        """Open a writer that bytes are pushed into; its ``finish`` does what ``place`` does."""
+        ...
+
 
 class FileSink:
     """A sink that writes one image to a fixed path, atomically and verified."""
@@ -49,8 +55,12 @@ class FileSink:
         origin: str,
         expected_size: int | None = None,
     ) -> StoredFile:
-        size = write_verified(self.path, digest, chunks, origin, None, expected_size)
-        return StoredFile(self.path, digest, extension, size)
+        return write_chunks(self.open_writer(digest, extension, origin, expected_size), chunks)
+
+    def open_writer(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StoredFile]:
+        return open_verified(self.path, digest, origin, None, expected_size, extension=extension)
 
 
 @dataclass

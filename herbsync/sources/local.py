@@ -11,7 +11,7 @@ import structlog
 from herbsync.digest import normalize_digest, split_name
 from herbsync.errors import InvalidDigest, ObjectNotFound, StoreError
 from herbsync.sources.base import FetchResult, ImageSource, ImageStream, Sink
-from herbsync.store import Store, StoredFile, copy_chunks
+from herbsync.store import Store, StoredFile, VerifiedWriter, copy_chunks
 
 
 log = structlog.get_logger("herbsync.sources")
@@ -96,3 +96,9 @@ class LocalImageSource(ImageSource):
     ) -> StoredFile:
         """Store verified bytes here, as a sink for read-through caching."""
         return self.store.place(digest, extension, chunks, origin, expected_size)
+
+    def open_writer(
+        self, digest: str, extension: str, origin: str, expected_size: int | None = None
+    ) -> VerifiedWriter[StoredFile]:
+        """Open a writer into this cache's store; see ``Store.open_writer``."""
+        return self.store.open_writer(digest, extension, origin, expected_size)

@@ -56,7 +56,12 @@ def error_code(response: Any) -> str:
         body = response.read(MAX_ERROR_BODY)
     except (HTTPError, OSError):
         return ""
-    match = _ERROR_CODE.search(body or b"")
+    return error_code_in(body or b"")
+
+
+def error_code_in(body: bytes) -> str:
+    """Return the S3 error code from the XML body of an error response, or ''."""
+    match = _ERROR_CODE.search(body)
     return match.group(1).decode("ascii") if match else ""
 
 
@@ -93,7 +98,7 @@ def _retry_reason(response: Any, error: Exception | None) -> str:
     return f"server returned {response.status} {error_code(response)}".strip()
 
 
-def _certificate_bundle() -> str | None:
+def certificate_bundle() -> str | None:
     """Return the CA bundle to check HTTPS servers with, or None for the system store.
 
     ``AWS_CA_BUNDLE`` comes first, as it does for botocore, then certifi's
@@ -135,7 +140,7 @@ class PresignedGetter:
                 raise_on_status=False,
                 redirect=False,
             ),
-            "ca_certs": _certificate_bundle(),
+            "ca_certs": certificate_bundle(),
         }
         self._proxies = urllib.request.getproxies_environment()
         self._direct = urllib3.PoolManager(**self._pool_settings)
