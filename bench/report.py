@@ -160,7 +160,7 @@ def render(results: Results) -> str:
     lines += [
         "#### herbsync: manifest drop to first verified image on disk",
         "",
-        "The daemon fetches up to 16 images at once (4 when they average under 1 MB), so with large",
+        "The daemon fetches up to 16 images at once, so with large",
         "images the first one is complete only when about 16 of them have been downloaded together.",
         "",
     ]

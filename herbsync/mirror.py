@@ -8,13 +8,12 @@ on the daemon's database connection, so that connection has one user.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +43,6 @@ log = structlog.get_logger("herbsync.mirror")
 # Errors that may clear on the next try within the same pass: a dropped
 # connection, a throttled server, or bytes corrupted in transit.
 TRANSIENT_ERRORS = (SourceUnavailable, DigestMismatch, SizeMismatch)
-
-# Images below this size, on average, are fetched SMALL_IMAGE_WORKERS at a time.
-SMALL_IMAGE_BYTES = 1_000_000
-SMALL_IMAGE_WORKERS = 4
 
 # Failure kinds that another try soon will not fix.
 PERMANENT_KINDS = frozenset({"not_found", "access_denied"})
@@ -177,9 +172,6 @@ class Mirror:
         self.on_outcome: Callable[[Outcome], None] | None = None
         #: Prometheus counters to update, if metrics are on.
         self.metrics: Metrics | None = None
-        self._average_size: float | None = None
-        self._active = 0
-        self._slot_free = threading.Condition()
         #: Whether failures go to the state database and its retry schedule.
         #: A one-shot fetch reports them to its user instead, so a shell
         #: without credentials cannot delay the daemon's own retries.
@@ -209,8 +201,7 @@ class Mirror:
             adopted = self._adopt_existing(want)
             if adopted is not None:
                 return adopted
-            with self._slot():
-                return self._download(want)
+            return self._download(want)
         except HerbsyncError as error:
             return Outcome(want.digest, error=error)
         except OSError as error:
@@ -301,38 +292,6 @@ class Mirror:
             self._report_store_full(result)
         return result
 
-    def concurrency(self) -> int:
-        """Return how many fetches to keep running, from the sizes of recent images.
-
-        Small images cost Python more per byte, and on a 2-core host 16
-        threads contending for the interpreter lock fetched 2,000 images of
-        200 KB in 4.9 s where 4 took 4.0 s; large images need many streams
-        at once. Until a size is known, every worker is used.
-        """
-        if self._average_size is not None and self._average_size < SMALL_IMAGE_BYTES:
-            return min(self.workers, SMALL_IMAGE_WORKERS)
-        return self.workers
-
-    @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
-        """Hold one of the ``concurrency()`` download slots while the block runs."""
-        with self._slot_free:
-            while self._active >= self.concurrency():
-                self._slot_free.wait(0.5)
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._slot_free:
-                self._active -= 1
-                self._slot_free.notify()
-
-    def _note_size(self, size: int) -> None:
-        if self._average_size is None:
-            self._average_size = float(size)
-        else:
-            self._average_size += (size - self._average_size) * 0.1
-
     def _report_store_full(self, result: PassResult) -> None:
         """Log once per pass that the store's filesystem is full and the pass stopped early."""
         try:
@@ -354,8 +313,6 @@ class Mirror:
             if future.cancelled():
                 continue
             outcome = future.result()
-            if outcome.stored is not None and not outcome.adopted:
-                self._note_size(outcome.stored.size)
             if isinstance(outcome.stored, StagedFile):
                 self._add_staged(outcome)
             else:

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 from faultproxy import FaultProxy
 from herbsync.errors import AccessDenied, DigestMismatch, ObjectNotFound, SourceError, SourceUnavailable
 from herbsync.sources.base import FileSink
-from herbsync.sources.s3 import S3ImageSource
+from herbsync.sources.s3 import LARGE_IMAGE_BYTES, S3ImageSource
 from herbsync.sources.s3crt import PART_SIZE, Endpoint
 from herbsync.store import Store
 from herbsync.testing.seaweed import image_key
@@ -84,6 +84,23 @@ def test_large_object_arrives_in_parts(seaweed, bucket, source, tmp_path):
 
     assert result.stored.size == len(body)
     assert result.stored.path.read_bytes() == body
+
+
+def test_large_image_streamed_through_urllib3(seaweed, bucket, proxy, source, tmp_path):
+    """Images of LARGE_IMAGE_BYTES or more leave the CRT client at its headers and stream in one GET."""
+    bodies = [os.urandom(LARGE_IMAGE_BYTES + 1) for _ in range(2)]
+    digests = [hashlib.sha256(body).hexdigest() for body in bodies]
+    for digest, body in zip(digests, bodies):
+        seaweed.client().put_object(Bucket=bucket, Key=image_key(digest), Body=body)
+    store = Store(tmp_path)
+
+    for digest, body in zip(digests, bodies):
+        assert source.copy_to(digest, store).stored.path.read_bytes() == body
+
+    # The second image is known to be large from the first, so it goes
+    # straight to one whole-object GET.
+    assert proxy.statuses(method="GET")[-2:] == [200, 200]
+    assert _leftovers(store) == []
 
 
 def test_file_sink_written(seaweed, bucket, source, specimens, tmp_path):

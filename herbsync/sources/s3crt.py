@@ -36,9 +36,9 @@ from herbsync.store import VerifiedWriter
 
 log = structlog.get_logger("herbsync.sources")
 
-#: Bytes per ranged GET of a large object. Each connection buffers one part,
-#: so memory grows with this times the number of connections.
-PART_SIZE = 8 * 1024 * 1024
+#: Bytes per ranged GET. Each connection buffers one part, so memory grows
+#: with this times the number of connections (16 by default).
+PART_SIZE = 2 * 1024 * 1024
 #: Seconds before the first retry; each later retry waits twice as long.
 FIRST_BACKOFF = 0.1
 
@@ -84,6 +84,14 @@ class ErrorResponse(Exception):
         self.code = code
 
 
+class ObjectTooLarge(Exception):
+    """The object is larger than the ``max_size`` given to ``download``; nothing was kept."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"object of {size} bytes")
+        self.size = size
+
+
 class _Retryable(Exception):
     """A failed try that is worth another: a dropped connection, a stall, a 5xx or a throttle."""
 
@@ -98,6 +106,7 @@ class _Attempt:
     status: int | None = None
     error_body: bytes | None = None
     last_progress: float = 0.0
+    too_large: int | None = None
 
 
 class CrtDownloader:
@@ -157,10 +166,17 @@ class CrtDownloader:
         access_key, secret_key, token = found
         return AwsCredentials(access_key, secret_key, token)
 
-    def download(self, key: str, location: str, open_writer: Callable[[], VerifiedWriter[Kept]]) -> Kept:
+    def download(
+        self,
+        key: str,
+        location: str,
+        open_writer: Callable[[], VerifiedWriter[Kept]],
+        max_size: int | None = None,
+    ) -> Kept:
         """GET ``key`` into a writer from ``open_writer`` and return what its ``finish`` returns.
 
-        Retries dropped connections, stalls, 5xx responses and throttling up
+        Raises ``ObjectTooLarge`` as soon as the response headers show an
+        object larger than ``max_size`` bytes, before its body is read. Retries dropped connections, stalls, 5xx responses and throttling up
         to ``GET_RETRIES`` times, each into a new writer. Raises
         ``SourceUnavailable`` after the last retry, ``ErrorResponse`` for any
         other error response, and whatever the writer raises.
@@ -175,7 +191,7 @@ class CrtDownloader:
         attempt = 1
         while True:
             try:
-                return self._download_once(key, location, open_writer)
+                return self._download_once(key, open_writer, max_size)
             except _Retryable as error:
                 if attempt > GET_RETRIES:
                     raise SourceUnavailable(f"{location}: {error}") from None
@@ -189,9 +205,11 @@ class CrtDownloader:
                 time.sleep(FIRST_BACKOFF * 2 ** (attempt - 1))
                 attempt += 1
 
-    def _download_once(self, key: str, location: str, open_writer: Callable[[], VerifiedWriter[Kept]]) -> Kept:
+    def _download_once(
+        self, key: str, open_writer: Callable[[], VerifiedWriter[Kept]], max_size: int | None
+    ) -> Kept:
         attempt = _Attempt(last_progress=time.monotonic())
-        request = self._start(key, attempt, open_writer)
+        request = self._start(key, attempt, open_writer, max_size)
         stalled = self._wait(request, attempt)
 
         writer = attempt.writer
@@ -206,7 +224,13 @@ class CrtDownloader:
             raise
         return writer.finish()
 
-    def _start(self, key: str, attempt: _Attempt, open_writer: Callable[[], VerifiedWriter[Any]]) -> Any:
+    def _start(
+        self,
+        key: str,
+        attempt: _Attempt,
+        open_writer: Callable[[], VerifiedWriter[Any]],
+        max_size: int | None,
+    ) -> Any:
         headers = HttpHeaders([("Host", self.endpoint.host)])
         http_request = HttpRequest("GET", self.endpoint.path_of(key), headers)
         cell: list[Any] = []
@@ -214,9 +238,14 @@ class CrtDownloader:
         def on_headers(status_code: int, headers: Any, **_: Any) -> None:
             attempt.status = status_code
             attempt.last_progress = time.monotonic()
+            size = _object_size(status_code, headers)
+            if max_size is not None and size is not None and size > max_size:
+                attempt.too_large = size
+                if cell:
+                    cell[0].cancel()
 
         def on_body(chunk: Any, offset: int, **_: Any) -> None:
-            if attempt.failure is not None:
+            if attempt.failure is not None or attempt.too_large is not None:
                 return
             try:
                 if attempt.writer is None:
@@ -254,8 +283,9 @@ class CrtDownloader:
     def _wait(self, request: Any, attempt: _Attempt) -> bool:
         """Wait for the request to finish; cancel it after ``read_timeout`` s without data. Return whether it stalled.
 
-        A body callback that failed before ``make_request`` returned could not
-        cancel the request itself, so it is cancelled here.
+        A callback that failed, or found the object too large, before
+        ``make_request`` returned could not cancel the request itself, so it
+        is cancelled here.
         """
         future: concurrent.futures.Future[Any] = request.finished_future
         stalled = False
@@ -267,7 +297,7 @@ class CrtDownloader:
                 return stalled
             if cancelled:
                 continue
-            if attempt.failure is not None:
+            if attempt.failure is not None or attempt.too_large is not None:
                 cancelled = True
                 request.cancel()
             elif time.monotonic() - attempt.last_progress > self.read_timeout:
@@ -277,6 +307,8 @@ class CrtDownloader:
     def _raise_for_failure(self, attempt: _Attempt, stalled: bool) -> None:
         if attempt.failure is not None:
             raise attempt.failure
+        if attempt.too_large is not None:
+            raise ObjectTooLarge(attempt.too_large)
         if stalled:
             raise _Retryable(f"read timeout: no data for {self.read_timeout:g} s")
         if attempt.error is None:
@@ -289,6 +321,18 @@ class CrtDownloader:
                 raise _Retryable(f"server returned {status} {code}".strip())
             raise ErrorResponse(status, code)
         raise _Retryable(_describe(attempt.error))
+
+
+def _object_size(status: int, headers: list[tuple[str, str]]) -> int | None:
+    """Return the whole object's size from a 206 response's Content-Range or a 200's Content-Length."""
+    for name, value in headers:
+        lowered = name.lower()
+        if status == 206 and lowered == "content-range":
+            total = value.rpartition("/")[2]
+            return int(total) if total.isdigit() else None
+        if status == 200 and lowered == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _describe(error: BaseException) -> str:
