@@ -201,7 +201,8 @@ class S3ImageSource(ImageSource):
     Common Runtime's S3 client (``CrtDownloader``), signed with the same
     credentials. ``open_image``, and ``copy_to`` where a proxy is set or
     awscrt cannot be imported, send GETs presigned by the boto3 client
-    through a urllib3 pool (``PresignedGetter``).
+    through a urllib3 pool (``PresignedGetter``). ``use_crt=False`` sends
+    every download that way.
     """
 
     def __init__(
