@@ -211,10 +211,10 @@ def open_verified(
     return VerifiedWriter(target, folder, digest, origin, rename_into_place, expected_size, abort, True, mode)
 
 
-Kept = TypeVar("Kept")
+FileT = TypeVar("FileT")
 
 
-class VerifiedWriter(Generic[Kept]):
+class VerifiedWriter(Generic[FileT]):
     """A new temporary file that bytes are pushed into, hashed as they pass, and kept only if they match.
 
     ``write`` appends a chunk. ``finish`` checks the SHA-256 and the size,
@@ -231,7 +231,7 @@ class VerifiedWriter(Generic[Kept]):
         folder: Path,
         digest: str,
         origin: str,
-        keep: Callable[[Path, int], Kept],
+        keep: Callable[[Path, int], FileT],
         expected_size: int | None = None,
         abort: threading.Event | None = None,
         fsync: bool = False,
@@ -254,7 +254,7 @@ class VerifiedWriter(Generic[Kept]):
             _raise_store_error(error, folder)
 
     def write(self, chunk: bytes | memoryview) -> None:
-        """Hash and append ``chunk``; raise ``TransferAborted`` once the abort event is set."""
+        """Hash and append ``chunk``. Raises ``TransferAborted`` once the abort event is set."""
         if self._abort is not None and self._abort.is_set():
             raise TransferAborted(f"{self.origin}: transfer aborted by shutdown")
         if self._descriptor is None:
@@ -267,8 +267,8 @@ class VerifiedWriter(Generic[Kept]):
             _raise_store_error(error, self.target)
         self.size += len(chunk)
 
-    def finish(self) -> Kept:
-        """Close the file, compare digest and size, and keep it; raise ``DigestMismatch`` or ``SizeMismatch``."""
+    def finish(self) -> FileT:
+        """Close the file, compare digest and size, and keep it. Raises ``DigestMismatch`` or ``SizeMismatch``."""
         try:
             self._close(self._fsync)
 
@@ -305,8 +305,8 @@ class VerifiedWriter(Generic[Kept]):
             os.close(descriptor)
 
 
-def write_chunks(writer: VerifiedWriter[Kept], chunks: Iterable[bytes]) -> Kept:
-    """Push every chunk into ``writer`` and finish it; discard the file if anything fails."""
+def write_chunks(writer: VerifiedWriter[FileT], chunks: Iterable[bytes]) -> FileT:
+    """Push every chunk into ``writer`` and finish it. The file is discarded if anything fails."""
     try:
         for chunk in chunks:
             writer.write(chunk)

@@ -37,7 +37,7 @@ class Sink(Protocol):
     def open_writer(
         self, digest: str, extension: str, origin: str, expected_size: int | None = None
     ) -> VerifiedWriter[StoredFile]:
-        """Open a writer that bytes are pushed into; its ``finish`` does what ``place`` does."""
+        """Open a writer that bytes are pushed into. Its ``finish`` does what ``place`` does."""
         ...
 
 

@@ -100,5 +100,5 @@ class LocalImageSource(ImageSource):
     def open_writer(
         self, digest: str, extension: str, origin: str, expected_size: int | None = None
     ) -> VerifiedWriter[StoredFile]:
-        """Open a writer into this cache's store; see ``Store.open_writer``."""
+        """Open a writer into this cache's store, as ``Store.open_writer`` does."""
         return self.store.open_writer(digest, extension, origin, expected_size)

@@ -39,17 +39,17 @@ log = structlog.get_logger("herbsync.sources")
 #: Bytes per ranged GET. Each connection buffers one part, so memory grows
 #: with this times the number of connections (16 by default).
 PART_SIZE = 2 * 1024 * 1024
-#: Seconds before the first retry; each later retry waits twice as long.
+#: Seconds before the first retry. Each later retry waits twice as long.
 FIRST_BACKOFF = 0.1
 
-Kept = TypeVar("Kept")
+FileT = TypeVar("FileT")
 #: Returns the credentials to sign with, or None when none are configured.
 CredentialSource = Callable[[], "tuple[str, str, str | None] | None"]
 
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where a bucket's objects are: the URL scheme, the Host header and the path before each key."""
+    """The location of a bucket's objects: URL scheme, Host header and the path before each key."""
 
     scheme: str
     host: str
@@ -98,7 +98,7 @@ class _Retryable(Exception):
 
 @dataclass
 class _Attempt:
-    """What the callbacks of one GET saw, read by the waiting thread once the request is done."""
+    """The state that the callbacks of one GET record, read by the waiting thread once the request is done."""
 
     writer: VerifiedWriter[Any] | None = None
     failure: BaseException | None = None
@@ -113,8 +113,8 @@ class CrtDownloader:
     """GETs of S3 objects through one ``awscrt.s3.S3Client``, each streamed into a ``VerifiedWriter``. Thread-safe.
 
     ``credentials`` returns the access key, secret key and session token to
-    sign with, or None when there are none; pass ``credentials=None`` to send
-    unsigned requests (a public bucket).
+    sign with, or None when there are none. Pass ``credentials=None`` to
+    send unsigned requests to a public bucket.
     NOTE: the HTTPS route (``AWS_CA_BUNDLE``, the system's CA store) has no
     test here, because the test server speaks plain HTTP.
     """
@@ -160,7 +160,7 @@ class CrtDownloader:
         found = self._credentials() if self._credentials is not None else None
         if found is None:
             # Only reached when the credentials vanish between the check in
-            # ``download`` and the signing; the request then fails to sign.
+            # ``download`` and the signing, so the request fails to sign.
             msg = "no AWS credentials found"
             raise RuntimeError(msg)
         access_key, secret_key, token = found
@@ -170,9 +170,9 @@ class CrtDownloader:
         self,
         key: str,
         location: str,
-        open_writer: Callable[[], VerifiedWriter[Kept]],
+        open_writer: Callable[[], VerifiedWriter[FileT]],
         max_size: int | None = None,
-    ) -> Kept:
+    ) -> FileT:
         """GET ``key`` into a writer from ``open_writer`` and return what its ``finish`` returns.
 
         Raises ``ObjectTooLarge`` as soon as the response headers show an
@@ -206,8 +206,8 @@ class CrtDownloader:
                 attempt += 1
 
     def _download_once(
-        self, key: str, open_writer: Callable[[], VerifiedWriter[Kept]], max_size: int | None
-    ) -> Kept:
+        self, key: str, open_writer: Callable[[], VerifiedWriter[FileT]], max_size: int | None
+    ) -> FileT:
         attempt = _Attempt(last_progress=time.monotonic())
         request = self._start(key, attempt, open_writer, max_size)
         stalled = self._wait(request, attempt)
