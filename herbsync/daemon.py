@@ -67,6 +67,10 @@ CREATED_SETTLE_SECONDS = 1.0
 # Seconds between passes when no event wakes the daemon.
 RETRY_CHECK_SECONDS = 60.0
 
+# Failure kinds that a start or SIGHUP leaves to their retry schedule. Every
+# other failed image is tried again at once.
+RETRY_ON_SCHEDULE_KINDS = frozenset({"not_found"})
+
 
 class ManifestEvents(FileSystemEventHandler):
     """Turns file events in the manifest folder into requests.
@@ -260,6 +264,7 @@ class Daemon:
         if removed:
             log.info("store.cleaned", temporary_files=removed)
         self.source.prepare(self.settings.workers)
+        self._retry_failures_now("start")
         self._observer = Observer()
         handler = ManifestEvents(self.settings.manifests_path, self.requests)
         self._observer.schedule(handler, str(self.settings.manifests_path), recursive=False)
@@ -407,12 +412,25 @@ class Daemon:
                 raise ConfigError("the daemon was started without a configuration file")
             settings = load_settings(path)
             self._apply(settings)
+            self._retry_failures_now("reload")
             if self.inbox is not None:
                 self.inbox.retry_now()
         except ConfigError as error:
             log.error("config.reload_failed", error=str(error), action="fix the file and send SIGHUP again")
         self.handle_requests_now([Request("rescan")])
         self.notifier.ready(self.summary())
+
+    def _retry_failures_now(self, cause: str) -> None:
+        """Make failed images due at once, because a restart or reload usually follows a fix.
+
+        Images that no source had wait for their schedule: they stay
+        missing until someone uploads them, and retrying every one of them
+        on each reload would only load the server.
+        """
+        retried = self.state.retry_now(time.time(), except_kinds=RETRY_ON_SCHEDULE_KINDS)
+        if retried:
+            self._changed.update(self.state.manifest_names())
+            log.info("failures.retrying_now", images=retried, cause=cause)
 
     def _apply(self, settings: Settings) -> None:
         ignored = [name for name in _RESTART_ONLY if getattr(settings, name) != getattr(self.settings, name)]

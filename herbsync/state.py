@@ -353,6 +353,17 @@ class State:
             ).fetchone()
         return int(row[0])
 
+    def retry_now(self, now: float, except_kinds: Iterable[str] = ()) -> int:
+        """Make failed images due for their next try at ``now``, except failures of ``except_kinds``. Returns how many."""
+        skipped = sorted(except_kinds)
+        placeholders = ", ".join("?" for _ in skipped)
+        with self.connection:
+            cursor = self.connection.execute(
+                f"UPDATE failures SET next_attempt_at = ? WHERE next_attempt_at > ? AND kind NOT IN ({placeholders})",
+                (now, now, *skipped),
+            )
+        return cursor.rowcount
+
     def attempts(self, digest: str) -> int:
         """Return how many failed attempts ``digest`` has had."""
         row = self.connection.execute(

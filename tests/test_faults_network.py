@@ -294,3 +294,31 @@ def test_key_with_path_after_digest_not_stored(seaweed, bucket, specimens, s3_ta
     assert "not a plain extension" in report["failures"][0]["reason"]
     assert unexpected_store_files(daemon.store) == []
     assert not list(daemon.store.rglob("y"))
+
+
+def test_restart_retries_denied_images_at_once(
+    private_seaweed, private_proxy, specimens, start_daemon, monkeypatch, tmp_path
+):
+    """After the credentials are fixed, a restart fetches denied images without waiting for their schedule."""
+    digests = private_seaweed.upload_images(PRIVATE_BUCKET, specimens[:2])
+    access_key, secret_key, _ = CREDENTIALS["wrong_secret"]
+    monkeypatch.setitem(TEST_KEYS, "AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setitem(TEST_KEYS, "AWS_SECRET_ACCESS_KEY", secret_key)
+    source = {"type": "s3", "bucket": PRIVATE_BUCKET, "region": "us-east-1", "endpoint_url": private_proxy.url}
+    # A denied image would wait 8 times first_retry, 80 minutes here.
+    transfers = {"workers": 4, "backoff": 0.05, "first_retry": 600}
+    root = tmp_path / "restarted"
+    denied = start_daemon(source, root=root, transfers=transfers)
+    denied.drop_manifest("private.txt", "\n".join(digests))
+    wait_until(_failed_everything(denied, "private.txt", 2), f"2 failures; log:\n{denied.log()[-3000:]}")
+    assert denied.stop() == 0
+
+    monkeypatch.setitem(TEST_KEYS, "AWS_ACCESS_KEY_ID", "reader-key")
+    monkeypatch.setitem(TEST_KEYS, "AWS_SECRET_ACCESS_KEY", READER_SECRET)
+    fixed = start_daemon(source, root=root, transfers=transfers)
+
+    report = wait_until(_complete(fixed, "private.txt"), f"both images; log:\n{fixed.log()[-3000:]}")
+
+    assert report["present"] == 2
+    assert [event["images"] for event in fixed.events("failures.retrying_now")] == [2]
+    assert all(fixed.stored(digest).is_file() for digest in digests)
