@@ -30,7 +30,7 @@ from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, ClientTlsContext, TlsContextOptions
 from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType, S3RetryConfig, S3RetryMode
 
-from herbsync.errors import AccessDenied, SourceUnavailable
+from herbsync.errors import AccessDenied, SourceError, SourceUnavailable
 from herbsync.sources.s3http import GET_RETRIES, RETRY_STATUSES, error_code_in
 from herbsync.store import VerifiedWriter
 
@@ -115,9 +115,8 @@ class CrtDownloader:
 
     ``credentials`` returns the access key, secret key and session token to
     sign with, or None when there are none. Pass ``credentials=None`` to
-    send unsigned requests to a public bucket.
-    NOTE: the HTTPS route (``AWS_CA_BUNDLE``, the system's CA store) has no
-    test here, because the test server speaks plain HTTP.
+    send unsigned requests to a public bucket. ``ca_bundle`` names a CA
+    file to trust for HTTPS instead of the system's CA store.
     """
 
     def __init__(
@@ -321,6 +320,14 @@ class CrtDownloader:
             if status in RETRY_STATUSES:
                 raise _Retryable(f"server returned {status} {code}".strip())
             raise ErrorResponse(status, code)
+        if isinstance(attempt.error, AwsCrtError) and attempt.error.name.startswith("AWS_IO_TLS_"):
+            # A certificate that fails now fails again at once, and each
+            # failed handshake can take s2n 10 to 30 s, so it is not retried.
+            msg = (
+                f"TLS connection to {self.endpoint.host} failed ({_describe(attempt.error)}); check the "
+                "server's certificate, or set AWS_CA_BUNDLE to the file of the CA that signed it"
+            )
+            raise SourceError(msg)
         raise _Retryable(_describe(attempt.error))
 
 
