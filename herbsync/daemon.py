@@ -257,13 +257,15 @@ class Daemon:
     def start(self) -> None:
         """Prepare folders, clean up after a crash, and start watching."""
         self.settings.manifests_path.mkdir(parents=True, exist_ok=True)
+        # First, so that a source that cannot be built (partial credentials,
+        # say) stops the start before the write-back leaves its marker.
+        self.source.prepare(self.settings.workers)
         # Before READY, so no reader sees a file that a crash left unsynced.
         recover(self.store, progress=self._report_recovery)
         self.write_back.start()
         removed = self.store.clean_temporary()
         if removed:
             log.info("store.cleaned", temporary_files=removed)
-        self.source.prepare(self.settings.workers)
         self._retry_failures_now("start")
         self._observer = Observer()
         handler = ManifestEvents(self.settings.manifests_path, self.requests)

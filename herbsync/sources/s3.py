@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from herbsync.digest import (
     DEFAULT_EXTENSION,
@@ -186,6 +186,9 @@ def map_errors(location: str) -> Iterator[None]:
             "~/.aws, or set anonymous = true for a public bucket"
         )
         raise AccessDenied(msg) from error
+    except PartialCredentialsError as error:
+        msg = f"{location}: {error}; set both the access key ID and the secret access key"
+        raise AccessDenied(msg) from error
     except BotoCoreError as error:
         raise SourceUnavailable(f"{location}: {error}") from error
     except OSError as error:
@@ -252,7 +255,12 @@ class S3ImageSource(ImageSource):
                 self.max_pool_connections = max(self.max_pool_connections, concurrency)
         _ = self.client
         _ = self.getter
-        _ = self.downloader
+        try:
+            _ = self.downloader
+        except AccessDenied as error:
+            # Without credentials the daemon still starts and serves its
+            # other sources. Each download from here then fails with this error.
+            log.warning("s3.no_credentials", source=self.describe(), error=str(error))
 
     @property
     def client(self) -> Any:
@@ -345,9 +353,10 @@ class S3ImageSource(ImageSource):
             signature_version=UNSIGNED if self.anonymous else None,
         )
         session = boto3.session.Session()
-        client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
-        # The same credentials (refreshed where they expire) sign the CRT downloads.
-        self._credentials = None if self.anonymous else session.get_credentials()
+        with map_errors(self.describe()):
+            client = session.client("s3", endpoint_url=self.endpoint_url, config=config)
+            # The same credentials (refreshed where they expire) sign the CRT downloads.
+            self._credentials = None if self.anonymous else session.get_credentials()
         log_client_retries(client)
         return client
 
@@ -365,7 +374,7 @@ class S3ImageSource(ImageSource):
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def get_image_path(self, sha256_hash: str) -> str | None:
-        """Return the image's HTTPS URL (not checked for existence), or None."""
+        """Return the image's URL at the endpoint, with the default extension (not checked for existence), or None."""
         try:
             digest = normalize_digest(sha256_hash)
         except InvalidDigest:

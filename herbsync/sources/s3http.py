@@ -13,6 +13,7 @@ query is ever put in a log line or an error message: they name the path.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -31,6 +32,11 @@ from herbsync.errors import SourceUnavailable
 
 
 log = structlog.get_logger("herbsync.sources")
+
+# urllib3 warns about each retry with the whole URL, and a presigned URL
+# carries its signature and access key ID. ``LoggedRetry`` logs every retry
+# with the query cut out instead.
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 #: Retries after the first try, as many as botocore makes with ``max_attempts = 4``.
 GET_RETRIES = 4
