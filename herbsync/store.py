@@ -331,7 +331,7 @@ def _create_temporary(folder: Path, mode: int) -> tuple[int, Path]:
         return os.open(path, flags, mode), path
 
 
-def _write_all(descriptor: int, data: bytes) -> None:
+def _write_all(descriptor: int, data: bytes | memoryview) -> None:
     """Write all of ``data``, looping over the partial writes that ``os.write`` may make."""
     view = memoryview(data)
     while view:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import sys
 
 import pytest
 from structlog.testing import capture_logs
 
-from faultproxy import FaultProxy
-from herbsync.errors import AccessDenied, DigestMismatch, ObjectNotFound, SourceError, SourceUnavailable
+from storecheck import temporary_files
+from herbsync.errors import (
+    AccessDenied,
+    DigestMismatch,
+    ObjectNotFound,
+    SourceError,
+    SourceUnavailable,
+    TransferAborted,
+)
 from herbsync.sources.base import FileSink
 from herbsync.sources.s3 import LARGE_IMAGE_BYTES, S3ImageSource
 from herbsync.sources.s3crt import PART_SIZE, Endpoint
@@ -19,23 +26,10 @@ from herbsync.testing.seaweed import image_key
 
 
 @pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", seaweed.s3_port) as running:
-        yield running
-
-
-@pytest.fixture
-def source(proxy, bucket, monkeypatch) -> S3ImageSource:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret")
+def source(proxy, bucket) -> S3ImageSource:
     created = S3ImageSource(bucket, region="us-east-1", endpoint_url=proxy.url, read_timeout=2.0)
     assert created.downloader is not None
     return created
-
-
-def _leftovers(store: Store) -> list[str]:
-    folder = store.temporary_folder
-    return sorted(os.listdir(folder)) if folder.is_dir() else []
 
 
 def test_endpoint_path_style_prefix():
@@ -70,7 +64,7 @@ def test_copy_stores_verified_image(seaweed, bucket, proxy, source, specimens, t
     # The CRT client asks for the first part with a Range header, so a whole
     # small object comes back as 206 Partial Content.
     assert proxy.statuses(method="GET") == [206, 206, 206]
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_large_object_arrives_in_parts(seaweed, bucket, source, tmp_path):
@@ -100,7 +94,20 @@ def test_large_image_streamed_through_urllib3(seaweed, bucket, proxy, source, tm
     # The second image is known to be large from the first, so it goes
     # straight to one whole-object GET.
     assert proxy.statuses(method="GET")[-2:] == [200, 200]
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
+
+
+def test_copy_without_awscrt_uses_urllib3(seaweed, bucket, proxy, specimens, tmp_path, monkeypatch):
+    """Where awscrt cannot be imported, copy_to streams through urllib3 and still stores the image."""
+    monkeypatch.setitem(sys.modules, "herbsync.sources.s3crt", None)
+    digest = seaweed.upload_images(bucket, specimens[:1])[0]
+    source = S3ImageSource(bucket, region="us-east-1", endpoint_url=proxy.url)
+
+    result = source.copy_to(digest, Store(tmp_path))
+
+    assert source.downloader is None
+    assert result.stored.path.read_bytes() == specimens[0].read_bytes()
+    assert proxy.statuses(method="GET") == [200]
 
 
 def test_file_sink_written(seaweed, bucket, source, specimens, tmp_path):
@@ -133,7 +140,7 @@ def test_error_status_mapped(status, code, error_type, seaweed, bucket, proxy, s
     assert code in str(caught.value)
     assert proxy.statuses(method="GET") == [status]
     assert store.find(digest) is None
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_server_errors_retried_then_unavailable(seaweed, bucket, proxy, source, specimens, tmp_path):
@@ -195,7 +202,7 @@ def test_short_body_retried(seaweed, bucket, proxy, source, specimens, tmp_path)
 
     assert result.stored.path.read_bytes() == specimens[0].read_bytes()
     assert len([entry for entry in logs if entry["event"] == "s3.retrying"]) == 1
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_short_body_every_time_unavailable(seaweed, bucket, proxy, source, specimens, tmp_path):
@@ -207,7 +214,7 @@ def test_short_body_every_time_unavailable(seaweed, bucket, proxy, source, speci
         source.copy_to(digest, store)
 
     assert store.find(digest) is None
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_connection_cut_retried(seaweed, bucket, proxy, source, specimens, tmp_path):
@@ -218,7 +225,7 @@ def test_connection_cut_retried(seaweed, bucket, proxy, source, specimens, tmp_p
     result = source.copy_to(digest, store)
 
     assert result.stored.path.read_bytes() == specimens[0].read_bytes()
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_stall_dropped_after_read_timeout(seaweed, bucket, proxy, source, specimens, tmp_path):
@@ -246,7 +253,7 @@ def test_flipped_byte_never_stored(seaweed, bucket, proxy, source, specimens, tm
         source.copy_to(digest, store)
 
     assert store.find(digest) is None
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()
 
 
 def test_missing_key_falls_back_to_listing(seaweed, bucket, source, specimens, tmp_path):
@@ -277,12 +284,7 @@ def test_empty_object_verified(seaweed, bucket, source, tmp_path):
     assert result.stored.path.read_bytes() == b""
 
 
-def test_missing_credentials_access_denied(seaweed, bucket, proxy, monkeypatch, tmp_path):
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+def test_missing_credentials_access_denied(seaweed, bucket, proxy, no_credentials, tmp_path):
     source = S3ImageSource(bucket, region="us-east-1", endpoint_url=proxy.url)
 
     with pytest.raises(AccessDenied, match="no AWS credentials found"):
@@ -293,8 +295,6 @@ def test_missing_credentials_access_denied(seaweed, bucket, proxy, monkeypatch, 
 
 def test_shutdown_abort_leaves_nothing(seaweed, bucket, source, specimens, tmp_path):
     """A store that is aborting stops the download at the first chunk and keeps no file."""
-    from herbsync.errors import TransferAborted
-
     digest = seaweed.upload_images(bucket, specimens[:1])[0]
     store = Store(tmp_path)
     store.aborting.set()
@@ -303,4 +303,4 @@ def test_shutdown_abort_leaves_nothing(seaweed, bucket, source, specimens, tmp_p
         source.copy_to(digest, store)
 
     assert store.find(digest) is None
-    assert _leftovers(store) == []
+    assert temporary_files(store.root) == set()

@@ -8,10 +8,9 @@ import re
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
@@ -44,6 +43,7 @@ from herbsync.sources.s3http import (
     PresignedGetter,
     certificate_bundle,
     error_code,
+    proxy_for,
 )
 from herbsync.store import StoredFile, write_chunks
 
@@ -53,6 +53,8 @@ if TYPE_CHECKING:
 
 
 log = structlog.get_logger("herbsync.sources")
+
+Fetched = TypeVar("Fetched")
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 ACCESS_DENIED_CODES = frozenset(
@@ -92,8 +94,8 @@ _IMAGE_EXTENSION = re.compile(r"[A-Za-z0-9]{1,8}")
 # ``copy_to``, smaller ones go through the CRT client. On a 2-core machine
 # with the server beside it, the CRT client was much faster than urllib3 on
 # 2,000 images of 200 KB and as fast on 500 of 2 MB. On 20 of 50 MB it took
-# 1.7 times as long and held 300 MB of part buffers against 100 MB
-# (BENCHMARKS.md).
+# 1.7 times as long and, with 8 MiB parts, held 300 MB of part buffers
+# against 100 MB (BENCHMARKS.md).
 LARGE_IMAGE_BYTES = 8 * 1024 * 1024
 
 # Codes a server returns when an upload's bytes do not match the checksum
@@ -126,15 +128,6 @@ def map_error_code(code: str, status: int, location: str) -> SourceError:
     if code in TRANSIENT_CODES or status >= 500:
         return SourceUnavailable(f"{location}: server returned {code or status}")
     return SourceError(f"{location}: server returned {code or status}")
-
-
-def _proxy_for(scheme: str, host: str) -> str | None:
-    """Return the proxy that ``HTTPS_PROXY``/``HTTP_PROXY`` set for ``host``, or None (also when ``NO_PROXY`` matches)."""
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(scheme)
-    if proxy and not urllib.request.proxy_bypass_environment(host, proxies):
-        return proxy
-    return None
 
 
 def log_client_retries(client: Any) -> None:
@@ -307,7 +300,7 @@ class S3ImageSource(ImageSource):
         with map_errors(self.describe()):
             url = client.generate_presigned_url("get_object", Params={"Bucket": self.bucket, "Key": probe_key})
         endpoint = Endpoint.from_object_url(url, probe_key)
-        if _proxy_for(endpoint.scheme, urlsplit(url).hostname or ""):
+        if proxy_for(url, urllib.request.getproxies_environment()):
             # NOTE: the CRT client could take the proxy, but herbsync does not pass it on yet.
             log.info("s3.crt_unavailable", reason="a proxy is set for this endpoint", fallback="urllib3")
             return None
@@ -436,12 +429,7 @@ class S3ImageSource(ImageSource):
         return message
 
     def open_image(self, digest: str, extension: str | None = None) -> ImageStream:
-        key = self.key_for(digest, extension or DEFAULT_EXTENSION)
-        try:
-            response = self._get(key)
-        except ObjectNotFound:
-            key = self._list_key(digest)
-            response = self._get(key)
+        key, response = self._with_listed_key(digest, extension, self._get)
 
         _, found_extension = split_name(key)
         location = f"s3://{self.bucket}/{key}"
@@ -466,15 +454,10 @@ class S3ImageSource(ImageSource):
         turns out to be large is cancelled at its response headers and
         streamed through urllib3 instead.
         """
-        from herbsync.sources.s3crt import ObjectTooLarge
-
         downloader = self.downloader
         result = None
         if downloader is not None and not self._expects_large(expected_size):
-            try:
-                result = self._copy_through(downloader, digest, sink, extension, expected_size)
-            except ObjectTooLarge as error:
-                self._note_size(error.size)
+            result = self._copy_through(downloader, digest, sink, extension, expected_size)
         if result is None:
             result = super().copy_to(digest, sink, extension, expected_size)
         self._note_size(result.stored.size)
@@ -499,15 +482,35 @@ class S3ImageSource(ImageSource):
         sink: Sink,
         extension: str | None,
         expected_size: int | None,
-    ) -> FetchResult:
+    ) -> FetchResult | None:
+        """Download through the CRT client. Returns None, having kept nothing, when the image is large."""
+        # Imported here, where awscrt is known to import, and not at the top
+        # of ``copy_to``, which also serves sources without it.
+        from herbsync.sources.s3crt import ObjectTooLarge
+
         started = time.monotonic()
+        try:
+            key, stored = self._with_listed_key(
+                digest, extension, lambda key: self._download(downloader, key, digest, sink, expected_size)
+            )
+        except ObjectTooLarge as error:
+            self._note_size(error.size)
+            return None
+        return FetchResult(stored, f"s3://{self.bucket}/{key}", time.monotonic() - started)
+
+    def _with_listed_key(
+        self, digest: str, extension: str | None, fetch: Callable[[str], Fetched]
+    ) -> tuple[str, Fetched]:
+        """Call ``fetch`` with the image's key for ``extension``, or with the listed key after ObjectNotFound.
+
+        Returns the key that worked and what ``fetch`` returned.
+        """
         key = self.key_for(digest, extension or DEFAULT_EXTENSION)
         try:
-            stored = self._download(downloader, key, digest, sink, expected_size)
+            return key, fetch(key)
         except ObjectNotFound:
             key = self._list_key(digest)
-            stored = self._download(downloader, key, digest, sink, expected_size)
-        return FetchResult(stored, f"s3://{self.bucket}/{key}", time.monotonic() - started)
+            return key, fetch(key)
 
     def _download(
         self, downloader: CrtDownloader, key: str, digest: str, sink: Sink, expected_size: int | None

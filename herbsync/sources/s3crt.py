@@ -30,7 +30,7 @@ from awscrt.http import HttpHeaders, HttpRequest
 from awscrt.io import ClientBootstrap, ClientTlsContext, TlsContextOptions
 from awscrt.s3 import S3Client, S3RequestTlsMode, S3RequestType, S3RetryConfig, S3RetryMode
 
-from herbsync.errors import AccessDenied, SourceError, SourceUnavailable
+from herbsync.errors import SourceError, SourceUnavailable
 from herbsync.sources.s3http import GET_RETRIES, RETRY_STATUSES, error_code_in
 from herbsync.store import VerifiedWriter
 
@@ -159,8 +159,9 @@ class CrtDownloader:
     def _current_credentials(self) -> AwsCredentials:
         found = self._credentials() if self._credentials is not None else None
         if found is None:
-            # Only reached when the credentials vanish between the check in
-            # ``download`` and the signing, so the request fails to sign.
+            # The source builds a downloader only once botocore has found
+            # credentials, so this means they vanished since. The request
+            # then fails to sign, and is retried.
             msg = "no AWS credentials found"
             raise RuntimeError(msg)
         access_key, secret_key, token = found
@@ -176,18 +177,12 @@ class CrtDownloader:
         """GET ``key`` into a writer from ``open_writer`` and return what its ``finish`` returns.
 
         Raises ``ObjectTooLarge`` as soon as the response headers show an
-        object larger than ``max_size`` bytes, before its body is read. Retries dropped connections, stalls, 5xx responses and throttling up
+        object larger than ``max_size`` bytes, before its body is read.
+        Retries dropped connections, stalls, 5xx responses and throttling up
         to ``GET_RETRIES`` times, each into a new writer. Raises
         ``SourceUnavailable`` after the last retry, ``ErrorResponse`` for any
         other error response, and whatever the writer raises.
         """
-        if self._credentials is not None and self._credentials() is None:
-            msg = (
-                f"{location}: no AWS credentials found; set them in the environment or "
-                "~/.aws, or set anonymous = true for a public bucket"
-            )
-            raise AccessDenied(msg)
-
         attempt = 1
         while True:
             try:
@@ -281,9 +276,9 @@ class CrtDownloader:
         return request
 
     def _wait(self, request: Any, attempt: _Attempt) -> bool:
-        """Wait for the request to finish; cancel it after ``read_timeout`` s without data. Return whether it stalled.
+        """Wait for the request to finish, and cancel it after ``read_timeout`` s without data.
 
-        A callback that failed, or found the object too large, before
+        Returns whether it stalled. A callback that failed, or found the object too large, before
         ``make_request`` returned could not cancel the request itself, so it
         is cancelled here.
         """

@@ -120,6 +120,18 @@ def certificate_bundle() -> str | None:
     return str(certifi.where())
 
 
+def proxy_for(url: str, proxies: dict[str, str]) -> str | None:
+    """Return the proxy in ``proxies`` (from ``getproxies_environment``) for ``url``'s scheme, or None.
+
+    None also when ``NO_PROXY`` names the URL's host.
+    """
+    parts = urlsplit(url)
+    proxy = proxies.get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass_environment(parts.netloc, proxies):
+        return proxy
+    return None
+
+
 class PresignedGetter:
     """Pooled connections that send GETs of presigned URLs, with retries. Thread-safe.
 
@@ -163,8 +175,8 @@ class PresignedGetter:
         with self._lock:
             manager = self._managers.get(route)
             if manager is None:
-                proxy = self._proxies.get(parts.scheme)
-                if proxy and not urllib.request.proxy_bypass_environment(parts.netloc, self._proxies):
+                proxy = proxy_for(url, self._proxies)
+                if proxy:
                     manager = urllib3.ProxyManager(proxy, **self._pool_settings)
                 else:
                     manager = self._direct
