@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from faultproxy import FaultProxy
 
 from herbsync.testing.seaweed import SeaweedServer
 
@@ -67,6 +68,21 @@ def _test_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     os.umask(0o022)
+
+
+@pytest.fixture
+def no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove the test keys from this process and from daemons started after it."""
+    for name in list(TEST_KEYS):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delitem(TEST_KEYS, name)
+
+
+@pytest.fixture
+def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
+    """A fault proxy in front of the session's SeaweedFS server."""
+    with FaultProxy("127.0.0.1", seaweed.s3_port) as running:
+        yield running
 
 
 @pytest.fixture

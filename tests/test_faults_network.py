@@ -79,12 +79,6 @@ def _complete(daemon: Any, name: str) -> Callable[[], dict[str, Any] | None]:
 
 
 @pytest.fixture
-def proxy(seaweed: SeaweedServer) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", seaweed.s3_port) as running:
-        yield running
-
-
-@pytest.fixture
 def proxied_table(proxy: FaultProxy, bucket: str) -> dict[str, Any]:
     """A ``[source]`` table that reaches the test bucket through the fault proxy."""
     return {"type": "s3", "bucket": bucket, "region": "us-east-1", "endpoint_url": proxy.url}
@@ -324,26 +318,13 @@ def test_restart_retries_denied_images_at_once(
     assert all(fixed.stored(digest).is_file() for digest in digests)
 
 
-def _without_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> dict[str, str]:
-    """Remove every AWS key from the test environment; return the variables that hide shared files."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delitem(TEST_KEYS, name, raising=False)
-    return {
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
-        "AWS_CONFIG_FILE": str(tmp_path / "no-config"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-
-
 def test_daemon_without_credentials_starts_and_reports(
-    private_seaweed, private_proxy, specimens, start_daemon, monkeypatch, tmp_path
+    private_seaweed, private_proxy, specimens, start_daemon, no_credentials
 ):
     """With no credentials at all, the daemon still starts and reports each image as denied."""
     digests = private_seaweed.upload_images(PRIVATE_BUCKET, specimens[:1])
-    environment = _without_credentials(monkeypatch, tmp_path)
     source = {"type": "s3", "bucket": PRIVATE_BUCKET, "region": "us-east-1", "endpoint_url": private_proxy.url}
-    daemon = start_daemon(source, environment=environment)
+    daemon = start_daemon(source)
 
     daemon.drop_manifest("private.txt", digests[0])
     report = wait_until(_failed_everything(daemon, "private.txt", 1), f"1 failure; log:\n{daemon.log()[-3000:]}")
@@ -354,12 +335,11 @@ def test_daemon_without_credentials_starts_and_reports(
 
 
 def test_fetch_with_partial_credentials_explains(
-    private_seaweed, private_proxy, specimens, monkeypatch, tmp_path
+    private_seaweed, private_proxy, specimens, no_credentials, tmp_path
 ):
     """An access key without its secret ends `herbsync fetch` with a message, not a traceback."""
     digests = private_seaweed.upload_images(PRIVATE_BUCKET, specimens[:1])
-    hidden = _without_credentials(monkeypatch, tmp_path)
-    environment = {**os.environ, **hidden, "AWS_ACCESS_KEY_ID": "reader-key"}
+    environment = {**os.environ, "AWS_ACCESS_KEY_ID": "reader-key"}
     config = tmp_path / "herbsync.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\n[state]\npath = "{tmp_path / "state"}"\n'

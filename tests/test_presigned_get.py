@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from structlog.testing import capture_logs
 
-from faultproxy import FaultProxy
 from herbsync.errors import AccessDenied, ObjectNotFound, SourceError, SourceUnavailable
 from herbsync.sources.s3 import S3ImageSource
 from herbsync.sources.s3http import redact
 from herbsync.store import Store
-
-
-@pytest.fixture
-def proxy(seaweed) -> Iterator[FaultProxy]:
-    with FaultProxy("127.0.0.1", seaweed.s3_port) as running:
-        yield running
 
 
 @pytest.fixture
